@@ -59,6 +59,12 @@ def validate(params: dict[str, Any], path: Path = PARAMS_FILE) -> None:
             if not all(isinstance(s, int) for s in spec["seeds"]):
                 raise ConfigError(f"{path}: '{where}protocols.{proto}.seeds' must be integers")
         _require(prof, "teachers", where, path)
+        if prof.get("variants") is not None:
+            from .registry import VARIANTS_BY_ID
+
+            unknown = [v for v in prof["variants"] if v not in VARIANTS_BY_ID]
+            if unknown:
+                raise ConfigError(f"{path}: unknown variant(s) {unknown} in '{where}variants' (known: {sorted(VARIANTS_BY_ID)})")
         methods = _require(prof, "methods", where, path)
         for method, cfg in methods.items():
             for key in ("image_size", "steps"):

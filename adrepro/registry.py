@@ -121,8 +121,11 @@ def experiments(params: dict[str, Any] | None = None, profile: str | None = None
     params = params or load_params()
     profile = profile or params["profile"]
     prof = profile_config(params, profile)
+    allowed = prof.get("variants")  # optional subset of variant ids
     out: list[Experiment] = []
     for v in VARIANTS:
+        if allowed is not None and v.id not in allowed:
+            continue
         for proto in v.protocols:
             spec = prof["protocols"].get(proto)
             if spec is None:

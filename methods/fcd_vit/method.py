@@ -1,0 +1,236 @@
+"""FCDViT: paper B's ViT feature-constrained distillation (sections 3.2-3.5, 4.1) as an adrepro ``Method``.
+
+The helpers ``EpochSampler``, ``warmup_scheduler``, ``load_images`` and ``resolve_lr_batch`` are shared
+with ``adrepro.methods.kd_cnn`` (the backbone ablation of the same paper).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from adrepro.training import config_hash, run_loop, seed_everything
+
+from ..base import FitContext, Method, Teacher
+from .losses import anchor_loss, anchor_score, anomaly_score, distill_loss, feature_diff_score, gram_loss, token_diff, total_loss
+from .model import AnchorBank, build_vit, load_teacher_file, normalisation, vit_block_outputs
+
+GROUPC = (3, 6, 9, 11)  # section 4.1
+
+
+class EpochSampler:
+    """Data order: a fresh ``randperm`` of the training set (from the run's generator) per epoch; batches may
+    straddle epochs. Its state (current permutation, position) is checkpointed, so resuming is bit-identical."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        if n <= 0:
+            raise ValueError("training set is empty: nothing to distil on")
+        self.n, self.generator = n, generator
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+
+    def next(self, batch_size: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < batch_size:
+            if self.pos >= len(self.perm):
+                self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+            take = self.perm[self.pos : self.pos + batch_size - len(out)]
+            self.pos += len(take)
+            out.extend(int(i) for i in take)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+
+
+def warmup_scheduler(opt: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                     schedule: str = "constant") -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from lr/warmup to lr over ``warmup_steps``, then constant or cosine decay to 0."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"cfg 'lr_schedule' must be 'constant' or 'cosine', got {schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def load_images(data: Dataset, indices: list[int]) -> torch.Tensor:
+    """Stack the images of dataset items ``(image, label, mask, meta)`` by direct indexing."""
+    return torch.stack([data[i][0] for i in indices])
+
+
+def resolve_lr_batch(cfg: dict[str, Any], lr_default: float, batch_default: int) -> tuple[float, int]:
+    """Paper B 4.1: MVTec AD uses its own lr/batch (cfg ``lr_mvtec``/``batch_size_mvtec``)."""
+    lr, bs = float(cfg.get("lr", lr_default)), int(cfg.get("batch_size", batch_default))
+    if cfg.get("protocol") == "mvtec_ad":
+        lr, bs = float(cfg.get("lr_mvtec", lr)), int(cfg.get("batch_size_mvtec", bs))
+    return lr, bs
+
+
+def teacher_file(teacher: Teacher | None, family: str) -> dict[str, Any]:
+    if teacher is None or teacher.path is None:
+        raise ValueError(f"{family}: needs a provisioned teacher file (Teacher.path); got {teacher!r}")
+    return load_teacher_file(teacher.path)
+
+
+class FCDViT(Method):
+    """Teacher and student: the same timm ViT; teacher pretrained and frozen, student random (seeded)."""
+
+    family = "fcd_vit"
+
+    def __init__(self, cfg: dict[str, Any], teacher: Teacher | None):
+        super().__init__(cfg, teacher)
+        self.image_size = int(cfg.get("image_size", 224))
+        self.groupc = [int(c) for c in cfg.get("groupc", GROUPC)]
+        self.anchor_layers = [int(c) for c in cfg.get("anchor_layers", [self.groupc[-1]])]
+        self.use_distill = bool(cfg.get("distill", True))
+        self.use_gram = bool(cfg.get("gram", True))
+        self.use_anchor = bool(cfg.get("anchor", True))
+        self.score_anchor = bool(cfg.get("score_anchor", self.use_anchor))
+        self.pos_strategy = int(cfg.get("pos_strategy", 2))
+        if self.pos_strategy not in (1, 2):
+            raise ValueError(f"fcd_vit: cfg 'pos_strategy' must be 1 or 2, got {self.pos_strategy}")
+        self.lam = float(cfg.get("lambda", 1.0))
+        self.top_k = int(cfg.get("top_k", 20))
+        self.distill_l2 = str(cfg.get("distill_l2", "norm"))
+        self.gram_mode = str(cfg.get("gram_mode", "token"))
+        self.gram_normalize = bool(cfg.get("gram_normalize", True))
+        self.gram_pairs = self._gram_pairs(cfg.get("gram_pairs", "consecutive"))
+        self.layers = sorted(set(self.groupc) | set(self.anchor_layers) | {c for p in self.gram_pairs for c in p})
+        self.teacher_net = self.student = self.anchors = None
+
+    def _gram_pairs(self, spec: Any) -> list[tuple[int, int]]:
+        if spec == "consecutive":
+            return list(zip(self.groupc[:-1], self.groupc[1:]))
+        if spec == "all":
+            return list(itertools.combinations(self.groupc, 2))
+        if isinstance(spec, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in spec):
+            return [(int(a), int(b)) for a, b in spec]
+        raise ValueError(f"fcd_vit: cfg 'gram_pairs' must be 'consecutive', 'all' or a list of [c1, c2], got {spec!r}")
+
+    # ---- models ----
+    def _build(self) -> None:
+        """Teacher from its file; student a random copy (torch global RNG); anchors zero."""
+        tf = teacher_file(self.teacher, self.family)
+        if tf["arch"] != "vit":
+            raise ValueError(f"{self.teacher.path}: fcd_vit needs a teacher with arch 'vit', got {tf['arch']!r}")
+        self.teacher_net = build_vit(tf["kwargs"], self.image_size, tf["state_dict"]).eval().requires_grad_(False)
+        self.student = build_vit(tf["kwargs"], self.image_size)
+        if self.pos_strategy == 2:  # section 4.3 strategy (2): teacher's position embedding, frozen
+            self.student.pos_embed.data.copy_(self.teacher_net.pos_embed.data)
+            self.student.pos_embed.requires_grad_(False)
+        momentum = self.cfg.get("anchor_momentum")
+        self.anchors = AnchorBank(len(self.anchor_layers), self.teacher_net.embed_dim,
+                                  None if momentum is None else float(momentum))
+        self.mean, self.std = normalisation(tf["provenance"])
+        for m in (self.teacher_net, self.student, self.anchors):
+            m.to(self.device)
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+
+    def _prep(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, torch.float32)
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+    def _cls(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([feats[c][:, 0] for c in self.anchor_layers], dim=1)  # [B, L, D]
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eqs. (1)-(6) on a normalised batch; updates the anchor moving average when it is used."""
+        with torch.no_grad():
+            tf = vit_block_outputs(self.teacher_net, x, self.layers)
+        sf = vit_block_outputs(self.student, x, self.layers)
+        zero = x.new_zeros(x.shape[0])
+        l_distill = distill_loss([tf[c] for c in self.groupc], [sf[c] for c in self.groupc], self.distill_l2) \
+            if self.use_distill else zero
+        l_gram = gram_loss(tf, sf, self.gram_pairs, self.gram_mode, self.gram_normalize) if self.use_gram else zero
+        if self.use_anchor or self.score_anchor:
+            self.anchors.update(self._cls(tf))
+        l_anchor = anchor_loss(self._cls(sf), self.anchors.anchor) if self.use_anchor else zero
+        loss = total_loss(l_distill, l_anchor, l_gram, self.lam).mean()
+        return {"loss": loss, "distill": l_distill.mean(), "gram": l_gram.mean(), "anchor": l_anchor.mean()}
+
+    # ---- Method API ----
+    def fit(self, train: Dataset, val: Dataset | None, ctx: FitContext) -> dict[str, Any]:
+        generator = seed_everything(ctx.seed)
+        self._build()
+        lr, bs = resolve_lr_batch(self.cfg, 0.1, 32)
+        steps = int(self.cfg.get("steps", 1000))
+        warmup = int(self.cfg.get("warmup_steps", steps // 20))
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=float(self.cfg.get("momentum", 0.0)),
+                              weight_decay=float(self.cfg.get("weight_decay", 0.0)))
+        sched = warmup_scheduler(opt, warmup, steps, str(self.cfg.get("lr_schedule", "constant")))
+        sampler = EpochSampler(len(train), generator)
+        self.student.train()
+
+        def step_fn(step: int) -> dict[str, float]:
+            out = self.losses(self._prep(load_images(train, sampler.next(bs))))
+            if not torch.isfinite(out["loss"]):
+                raise FloatingPointError(f"fcd_vit {ctx.exp_id}: loss {out['loss'].item()} at step {step}; "
+                                         f"lower cfg 'lr' ({lr}) or use 'distill_l2: mse'")
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            sched.step()
+            return {**{k: v.item() for k, v in out.items()}, "lr": opt.param_groups[0]["lr"]}
+
+        teacher_key = self.teacher.provenance.get("sha256") or self.teacher.id
+        ran = run_loop(total_steps=steps, step_fn=step_fn,
+                       state={"student": self.student, "anchors": self.anchors, "optimizer": opt,
+                              "scheduler": sched, "sampler": sampler},
+                       work_dir=ctx.work_dir, cfg_hash=config_hash({**self.cfg, "teacher": teacher_key}),
+                       generator=generator, checkpoint_every=int(self.cfg.get("checkpoint_every", 1000)),
+                       log_metric=ctx.log_metric, desc=f"fcd_vit {ctx.exp_id}", stop_after=ctx.stop_after)
+        self.student.eval()
+        terms = [n for n, on in (("distill", self.use_distill), ("gram", self.use_gram), ("anchor", self.use_anchor)) if on]
+        return {"steps": steps, "steps_this_call": ran, "lr": lr, "batch_size": bs, "warmup_steps": warmup,
+                "pos_strategy": self.pos_strategy, "loss_terms": "+".join(terms),
+                "anchor_images_seen": int(self.anchors.count)}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Score = S_D + S_A (eqs. 7-10; S_A only with the anchor); map: sum over groupc of Diff_c,p (eq. 8)
+        on the patch grid, bilinearly upsampled to the input size."""
+        self.student.eval()
+        x = self._prep(images)
+        tf = vit_block_outputs(self.teacher_net, x, self.layers)
+        sf = vit_block_outputs(self.student, x, self.layers)
+        npt = self.student.num_prefix_tokens
+        t_g, s_g = [tf[c] for c in self.groupc], [sf[c] for c in self.groupc]
+        score = feature_diff_score(t_g, s_g, self.top_k, npt)
+        if self.score_anchor:
+            score = anomaly_score(score, anchor_score(self._cls(tf), self._cls(sf), self.anchors.anchor))
+        patch = sum(token_diff(t, s)[:, npt:] for t, s in zip(t_g, s_g))
+        gh, gw = self.student.patch_embed.grid_size
+        maps = F.interpolate(patch.reshape(-1, 1, gh, gw), size=tuple(images.shape[-2:]), mode="bilinear",
+                             align_corners=False)[:, 0]
+        return score.float().cpu(), maps.float().cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"student": self.student.state_dict(), "anchors": self.anchors.state_dict(),
+                "teacher_id": getattr(self.teacher, "id", None), "pos_strategy": self.pos_strategy}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.student is None:
+            self._build()
+        self.student.load_state_dict(state["student"])
+        self.anchors.load_state_dict(state["anchors"])
+        self.student.eval()
+
+    def inference_modules(self) -> list[torch.nn.Module]:
+        return [self.teacher_net, self.student]

@@ -1,0 +1,45 @@
+"""Shared fixtures. Nothing here reaches the network or needs a GPU."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from adrepro import REPO_ROOT
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# what a project copy needs to run the pipeline (code, config, committed inputs); never data/models/results
+PROJECT_FILES = ["adrepro", "methods", "datasets", "pipelines", "reports/templates", "reports/paper_values.csv",
+                 "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore"]
+
+
+@pytest.fixture
+def mlflow_tmp(tmp_path, monkeypatch):
+    """Point MLflow at a throw-away store."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def make_project(dest: Path, params_text: str | None = None) -> Path:
+    """A minimal git+DVC project holding a copy of this repository's code, for end-to-end runs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in PROJECT_FILES:
+        src = REPO_ROOT / rel
+        if src.is_dir():
+            shutil.copytree(src, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    if params_text is not None:
+        (dest / "params.yaml").write_text(params_text)
+    env = {**os.environ, "ADREPRO_ROOT": str(dest)}
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["adrepro", "dvc-yaml"], cwd=dest, check=True, env=env, capture_output=True)
+    return dest

@@ -1,0 +1,19 @@
+"""Gate logic on synthetic baselines (the end-to-end regression test lives in test_pipeline_e2e.py)."""
+
+from adrepro.gate import compare, format_table
+
+
+def test_drop_beyond_tolerance_is_a_regression_and_within_is_not():
+    base = {"e1": {"image": 0.80, "logical": 0.70}, "e2": {"image": 0.9}}
+    cur = {"e1": {"image": 0.78, "logical": 0.60}}
+    rows = {(r["experiment"], r["auroc"]): r for r in compare(base, cur, tolerance=0.05)}
+    assert rows[("e1", "image")]["status"] == "ok"
+    assert rows[("e1", "logical")]["status"] == "REGRESSION"
+    assert rows[("e2", "image")]["status"] == "MISSING"
+    table = format_table(list(rows.values()))
+    assert "REGRESSION" in table and "-0.1000" in table
+
+
+def test_improvement_passes():
+    rows = compare({"e": {"image": 0.5}}, {"e": {"image": 0.9}}, 0.0)
+    assert rows[0]["status"] == "ok" and rows[0]["delta"] > 0
