@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 CHUNK = 1 << 20
 COMPLETE_MARKER = ".adrepro-complete"
+SOURCE_RECORD = ".adrepro-source.json"  # what an extraction came from (archive, sha256, url), written before the marker
 
 
 class ChecksumError(RuntimeError):
@@ -56,17 +59,15 @@ def download(url: str, dest: Path | str, sha256: str | None = None, timeout: flo
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        if have and resp.status != 206:  # server ignored the range: start over
-            have = 0
-        total = resp.headers.get("Content-Length")
-        total = int(total) + have if total is not None else None
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr, mininterval=1.0
-        ) as bar:
-            for chunk in iter(lambda: resp.read(CHUNK), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not have:  # 416 after a Range request: the .part already holds the whole file
+            raise
+        total = have
+    else:
+        with resp:
+            total = _receive(resp, part, have, dest.name)
     if total is not None and part.stat().st_size != total:
         raise ChecksumError(f"{part}: truncated download: {part.stat().st_size} of {total} bytes")
     try:
@@ -80,10 +81,26 @@ def download(url: str, dest: Path | str, sha256: str | None = None, timeout: flo
     return dest
 
 
-def extract(archive: Path | str, dest: Path | str) -> Path:
-    """Extract a .tar/.tar.gz/.tgz/.zip into ``dest`` atomically (temp dir + rename + marker file).
+def _receive(resp, part: Path, have: int, desc: str) -> int | None:
+    """Append (206) or write (200) the response body to ``part``; return the expected total size."""
+    if have and resp.status != 206:  # server ignored the range: start over
+        have = 0
+    total = resp.headers.get("Content-Length")
+    total = int(total) + have if total is not None else None
+    with open(part, "ab" if have else "wb") as f, tqdm(
+        total=total, initial=have, unit="B", unit_scale=True, desc=desc, file=sys.stderr, mininterval=1.0
+    ) as bar:
+        for chunk in iter(lambda: resp.read(CHUNK), b""):
+            f.write(chunk)
+            bar.update(len(chunk))
+    return total
 
-    A truncated or corrupt archive raises and leaves ``dest`` untouched."""
+
+def extract(archive: Path | str, dest: Path | str, record: dict | None = None) -> Path:
+    """Extract a .tar/.tar.gz/.tgz/.tar.xz/.zip into ``dest`` atomically (temp dir + rename + marker file).
+
+    A truncated or corrupt archive raises and leaves ``dest`` untouched. ``record`` (JSON-able, e.g. the
+    archive's URL and SHA-256) is written to ``dest/SOURCE_RECORD`` before the marker."""
     archive, dest = Path(archive), Path(dest)
     if (dest / COMPLETE_MARKER).is_file():
         return dest
@@ -103,6 +120,8 @@ def extract(archive: Path | str, dest: Path | str) -> Path:
                     tf.extractall(tmp, filter="data")
             except (tarfile.TarError, EOFError, OSError) as exc:
                 raise RuntimeError(f"{archive}: truncated or corrupt archive ({exc})") from exc
+        if record is not None:
+            (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
         (tmp / COMPLETE_MARKER).write_text(archive.name + "\n")
         if dest.exists():
             shutil.rmtree(dest)

@@ -81,7 +81,8 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
         }}
     stages["report"] = {
         "cmd": "adrepro report",
-        "deps": ["results", "reports/templates", "reports/paper_values.csv", "adrepro/report.py", "adrepro/paper_values.py"],
+        "deps": ["results", "reports/templates", "reports/paper_values.csv", "adrepro/report.py", "adrepro/paper_values.py",
+                 "adrepro/registry.py"],
         "outs": [{"reports/paper_a.md": {"cache": False}}, {"reports/paper_b.md": {"cache": False}}],
     }
     return {"stages": stages}

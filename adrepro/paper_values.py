@@ -35,6 +35,7 @@ from . import REPO_ROOT
 CSV_PATH = REPO_ROOT / "reports" / "paper_values.csv"
 PAPERS_DIR = REPO_ROOT.parent / "shared" / "papers"
 PAPER_FILES = {"A": "paper_a_dual_ae.txt", "B": "paper_b_vit_fcd.txt"}
+KINDS = ("label", "value", "mean", "flag", "text")
 CSV_FIELDS = ("paper", "table", "row", "column", "kind", "value", "bold", "ref", "numeric", "note")
 
 # ---- dataset category / class name  <->  printed column header, per protocol -------------------------
@@ -168,6 +169,7 @@ def _parse_grid(paper: str, table: str, rows: list[list[str]], where: str) -> li
     cells: list[PaperCell] = []
     header: list[str] = []
     part: list[list[str]] = []
+    labels: set[tuple[str, str]] = set()
 
     def flush() -> None:
         # drop trailing layout columns ("—" over empty cells)
@@ -179,7 +181,9 @@ def _parse_grid(paper: str, table: str, rows: list[list[str]], where: str) -> li
             if len(r) > ncol and any(c.strip() for c in r[ncol:]):
                 raise ValueError(f"{where}: row '{r[0]}' has more cells than the header")
             row, ref = _label(r[0])
-            cells.append(PaperCell(paper, table, row, header[0].strip(), "label", row, False, ref))
+            if (row, header[0].strip()) not in labels:  # B Table 2 prints each label once per half
+                labels.add((row, header[0].strip()))
+                cells.append(PaperCell(paper, table, row, header[0].strip(), "label", row, False, ref))
             for h, raw in zip(header[1:ncol], r[1:ncol] + [""] * (ncol - len(r))):
                 h = h.strip()
                 value, bold = _unbold(raw)
@@ -276,8 +280,10 @@ def load(path: Path | str = CSV_PATH) -> list[PaperCell]:
         for i, r in enumerate(reader, start=2):
             if r["bold"] not in ("0", "1"):
                 raise ValueError(f"{path}:{i}: bold must be 0 or 1, got {r['bold']!r}")
+            if r["kind"] not in KINDS:
+                raise ValueError(f"{path}:{i}: kind must be one of {KINDS}, got {r['kind']!r}")
             num = parse_number(r["numeric"]) if r["numeric"] else None
-            if num != parse_number(r["value"]):
+            if num != (parse_number(r["value"]) if r["kind"] in ("value", "mean") else None):
                 raise ValueError(f"{path}:{i}: numeric {r['numeric']!r} is not the parse of value {r['value']!r}")
             out.append(PaperCell(r["paper"], r["table"], r["row"], r["column"], r["kind"], r["value"],
                                  r["bold"] == "1", r["ref"], num, r["note"]))

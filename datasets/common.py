@@ -90,7 +90,7 @@ def read_mask(paths: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
 
 def to_image_tensor(arr: np.ndarray) -> torch.Tensor:
     """uint8 [H,W] or [H,W,3] -> float [3,H,W] in [0,1], grey repeated to 3 channels."""
-    t = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0)
+    t = torch.from_numpy(np.array(arr, dtype=np.float32)).div_(255.0)
     if t.ndim == 2:
         return t.unsqueeze(0).expand(3, -1, -1).contiguous()
     return t.permute(2, 0, 1).contiguous()

@@ -175,6 +175,7 @@ class FCDViT(Method):
         opt = torch.optim.SGD(params, lr=lr, momentum=float(self.cfg.get("momentum", 0.0)),
                               weight_decay=float(self.cfg.get("weight_decay", 0.0)))
         sched = warmup_scheduler(opt, warmup, steps, str(self.cfg.get("lr_schedule", "constant")))
+        grad_clip = float(self.cfg.get("grad_clip", 1.0) or 0.0)
         sampler = EpochSampler(len(train), generator)
         self.student.train()
 
@@ -182,9 +183,11 @@ class FCDViT(Method):
             out = self.losses(self._prep(load_images(train, sampler.next(bs))))
             if not torch.isfinite(out["loss"]):
                 raise FloatingPointError(f"fcd_vit {ctx.exp_id}: loss {out['loss'].item()} at step {step}; "
-                                         f"lower cfg 'lr' ({lr}) or use 'distill_l2: mse'")
+                                         f"lower cfg 'lr' ({lr}) or set cfg 'grad_clip' ({grad_clip})")
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             sched.step()
             return {**{k: v.item() for k, v in out.items()}, "lr": opt.param_groups[0]["lr"]}
@@ -199,6 +202,7 @@ class FCDViT(Method):
         self.student.eval()
         terms = [n for n, on in (("distill", self.use_distill), ("gram", self.use_gram), ("anchor", self.use_anchor)) if on]
         return {"steps": steps, "steps_this_call": ran, "lr": lr, "batch_size": bs, "warmup_steps": warmup,
+                "grad_clip": grad_clip,
                 "pos_strategy": self.pos_strategy, "loss_terms": "+".join(terms),
                 "anchor_images_seen": int(self.anchors.count)}
 

@@ -1,0 +1,422 @@
+"""Every dataset adrepro knows: where it comes from, how it is made available (``prepare``) and how
+it is split into train / val / test (``load_splits``). Downloads happen only in ``prepare``.
+
+params.yaml keys read here (all optional except ``paths.data_root``):
+  paths.data_root, paths.shared_data, paths.fashion_mnist        (existing)
+  paths.mvtec_ad | mvtec_loco | cifar10 | cifar100 | elpv         a local directory (used in place) or
+                                                                   archive (verified, extracted); skips the network
+  datasets.sources.<name>: {url, sha256} | [{file, url, sha256}]  mirror / pin override
+  datasets.val_fraction: {mvtec_ad: 0.1, oneclass: 0.0, elpv: 0.1}
+  datasets.allow_download: true
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import http.client
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adrepro.config import resolve_path
+from adrepro.download import COMPLETE_MARKER, SOURCE_RECORD, ChecksumError, download, extract, sha256_file
+
+from . import mvtec, oneclass, synth
+from .base import DataError, Splits
+from .common import ArrayDataset, FolderDataset, SplitRecords, atomic_build, require_dir
+
+SHARED_SUMS = "SHA256SUMS"
+
+
+@dataclass(frozen=True)
+class Archive:
+    file: str
+    url: str | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    kind: str  # mvtec_ad | mvtec_loco | mvtec_loco_partial | oneclass | elpv
+    source: str  # embedded | shared | official | debian | package
+    description: str
+    protocol: str
+    archives: tuple[Archive, ...] = ()
+    categories: tuple[str, ...] | None = None  # None: read from the folders
+    path_key: str | None = None  # paths.<key> for a user's local copy
+    subdir: str = ""  # folder inside the extraction that holds the data
+    homepage: str = ""
+    licence: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+_MVTEC_AD_URL = ("https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download/420938113-1629952094/"
+                 "mvtec_anomaly_detection.tar.xz")
+_LOCO_URL = ("https://www.mydrive.ch/shares/48237/1b9106ccdfbb09a0c414bd49fe44a14a/download/430647091-1646842701/"
+             "mvtec_loco_anomaly_detection.tar.xz")
+_FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# SHA-256 of the *decompressed* idx files (Debian's .gz headers differ from upstream; the content does not)
+FASHION_MNIST_CONTENT_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+_CC = "CC BY-NC-SA 4.0"
+
+DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
+    DatasetSpec("synth_loco", "mvtec_loco", "embedded", "generated LOCO-layout tray scenes (smoke)", "mvtec_loco",
+                categories=(synth.LOCO_CATEGORY,)),
+    DatasetSpec("synth_mvtec", "mvtec_ad", "embedded", "generated MVTec-AD-layout tile texture (smoke)", "mvtec_ad",
+                categories=(synth.MVTEC_CATEGORY,)),
+    DatasetSpec("digits", "oneclass", "embedded", "scikit-learn 8x8 digits, one digit normal (smoke)", "oneclass",
+                categories=tuple(str(i) for i in range(10)), extra={"reader": "digits"}),
+    DatasetSpec("digits_superclass", "oneclass", "embedded",
+                "scikit-learn digits grouped in 5 superclasses of 2 consecutive digits (smoke stand-in for CIFAR-100)",
+                "oneclass", categories=tuple(str(i) for i in range(5)), extra={"reader": "digits_superclass"}),
+    DatasetSpec("mvtec_ad", "mvtec_ad", "official", "MVTec AD, 15 categories", "mvtec_ad",
+                (Archive("mvtec_anomaly_detection.tar.xz", _MVTEC_AD_URL,
+                         "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d"),),
+                path_key="mvtec_ad", homepage="https://www.mvtec.com/company/research/datasets/mvtec-ad", licence=_CC),
+    DatasetSpec("mvtec_loco", "mvtec_loco", "official", "MVTec LOCO AD, 5 categories", "mvtec_loco",
+                (Archive("mvtec_loco_anomaly_detection.tar.xz", _LOCO_URL,
+                         "9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687"),),
+                path_key="mvtec_loco", homepage="https://www.mvtec.com/company/research/datasets/mvtec-loco",
+                licence=_CC),
+    DatasetSpec("mvtec_loco_partial", "mvtec_loco_partial", "shared",
+                "MVTec LOCO juice_bottle, partial public copy (no test/good, no structural), 256x512",
+                "mvtec_loco_partial",
+                (Archive("mvtec_loco_juice_bottle_partial_256x512.tar", None,
+                         "28b80d868dd0bba5f803ed599c3c1583f76e863132916ab7b35b5fcf3571b29f"),),
+                subdir="mvtec_loco_partial", licence=_CC),
+    DatasetSpec("mvtec_ad_bottle_384", "mvtec_ad", "shared", "MVTec AD bottle, complete, downscaled to 384x384",
+                "mvtec_ad",
+                (Archive("mvtec_ad_bottle_384.tar", None,
+                         "9b71cbf136e881f7f1f4dc6316d3721f909c31348f52a61438fdc11822b6f844"),),
+                subdir="mvtec_ad", licence=_CC),
+    DatasetSpec("cifar10", "oneclass", "official", "CIFAR-10 (official python pickles)", "oneclass",
+                (Archive("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                         "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),),
+                categories=oneclass.CIFAR10_CLASSES, path_key="cifar10", subdir="cifar-10-batches-py",
+                homepage="https://www.cs.toronto.edu/~kriz/cifar.html", extra={"reader": "cifar10"}),
+    DatasetSpec("cifar10_jpeg", "oneclass", "shared", "CIFAR-10 re-encoded as JPEG q75 by a public mirror",
+                "oneclass",
+                (Archive("cifar10-jpeg.tar.gz", None,
+                         "efac85c8ed52f4ead1e1f1b670d8dcf435d551fccebdd8b6365e0a01a504f3a4"),),
+                categories=oneclass.CIFAR10_CLASSES, subdir="cifar10-jpeg", extra={"reader": "tree"}),
+    DatasetSpec("cifar100_superclass", "oneclass", "official", "CIFAR-100, 20 coarse superclasses", "oneclass",
+                (Archive("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                         "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),),
+                categories=tuple(str(i) for i in range(20)), path_key="cifar100", subdir="cifar-100-python",
+                homepage="https://www.cs.toronto.edu/~kriz/cifar.html", extra={"reader": "cifar100"}),
+    DatasetSpec("fashion_mnist", "oneclass", "debian", "Fashion-MNIST (idx files)", "oneclass",
+                (Archive("train-images-idx3-ubyte.gz", _FMNIST_URL + "train-images-idx3-ubyte.gz",
+                         "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+                 Archive("train-labels-idx1-ubyte.gz", _FMNIST_URL + "train-labels-idx1-ubyte.gz",
+                         "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+                 Archive("t10k-images-idx3-ubyte.gz", _FMNIST_URL + "t10k-images-idx3-ubyte.gz",
+                         "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+                 Archive("t10k-labels-idx1-ubyte.gz", _FMNIST_URL + "t10k-labels-idx1-ubyte.gz",
+                         "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5")),
+                categories=oneclass.FASHION_MNIST_CLASSES, path_key="fashion_mnist",
+                homepage="https://github.com/zalandoresearch/fashion-mnist", licence="MIT",
+                extra={"reader": "fashion_mnist"}),
+    DatasetSpec("elpv", "elpv", "package", "ELPV solar cells (elpv-dataset package), p=0 normal / p=1 defective",
+                "elpv", categories=("all", "mono", "poly"), path_key="elpv",
+                homepage="https://github.com/zae-bayern/elpv-dataset", licence=_CC),
+)}
+
+
+# ------------------------------------------------------------------ params helpers
+def _spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset '{name}'; known: {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def _paths(params: dict) -> dict:
+    paths = params.get("paths") or {}
+    if not paths.get("data_root"):
+        raise DataError("params.yaml: missing key 'paths.data_root' (where data is generated/extracted)")
+    return paths
+
+
+def _data_root(params: dict) -> Path:
+    return resolve_path(_paths(params)["data_root"])
+
+
+def _opts(params: dict) -> dict:
+    return params.get("datasets") or {}
+
+
+def _val_fraction(params: dict, kind: str) -> float:
+    default = {"mvtec_ad": mvtec.MVTEC_AD_VAL_FRACTION, "oneclass": 0.0, "elpv": 0.1}[kind]
+    return float((_opts(params).get("val_fraction") or {}).get(kind, default))
+
+
+def _archives(spec: DatasetSpec, params: dict) -> tuple[Archive, ...]:
+    """The spec's archives with ``datasets.sources.<name>`` overrides (mirror URL / pin) applied."""
+    over = (_opts(params).get("sources") or {}).get(spec.name)
+    if not over:
+        return spec.archives
+    items = over if isinstance(over, list) else [over]
+    out = list(spec.archives)
+    for k, o in enumerate(items):
+        i = next((j for j, a in enumerate(out) if a.file == o.get("file")), k)
+        if i >= len(out):
+            raise DataError(f"params.yaml: datasets.sources.{spec.name}[{k}] matches no file of {spec.name} "
+                            f"(files: {[a.file for a in spec.archives]})")
+        base = out[i]
+        out[i] = Archive(o.get("file", base.file), o.get("url", base.url), o.get("sha256", base.sha256))
+    return tuple(out)
+
+
+def _local_override(spec: DatasetSpec, params: dict) -> Path | None:
+    if not spec.path_key:
+        return None
+    value = _paths(params).get(spec.path_key)
+    return resolve_path(value) if value else None
+
+
+def _read_record(folder: Path) -> dict:
+    p = folder / SOURCE_RECORD
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _layout_root(folder: Path, marker: str = "train") -> Path:
+    """The folder holding the category folders: ``folder`` itself or its single sub-folder."""
+    kids = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if any((k / marker).is_dir() for k in kids):
+        return folder
+    if len(kids) == 1:
+        return _layout_root(kids[0], marker)
+    raise DataError(f"{folder}: no <category>/{marker}/ folders found; expected an MVTec-layout dataset root")
+
+
+# ------------------------------------------------------------------ locating / preparing
+def _shared_archive(spec: DatasetSpec, params: dict) -> Path:
+    shared = _paths(params).get("shared_data")
+    arc = spec.archives[0]
+    if not shared:
+        raise DataError(f"{spec.name}: params.yaml paths.shared_data is not set; expected the folder holding {arc.file}")
+    path = resolve_path(shared) / arc.file
+    if not path.is_file():
+        raise DataError(f"{spec.name}: {path} not found; expected the offline archive {arc.file} "
+                        "(set paths.shared_data to the folder holding it)")
+    return path
+
+
+def _shared_pin(path: Path, pinned: str | None) -> str | None:
+    """The pin in code, cross-checked against the SHA256SUMS file next to the archive when there is one."""
+    sums = path.parent / SHARED_SUMS
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("*") == path.name and pinned and parts[0] != pinned:
+                raise ChecksumError(f"{sums}: lists {parts[0]} for {path.name} but adrepro pins {pinned}")
+    return pinned
+
+
+def _extract_verified(archive: Path, dest: Path, pin: str | None, url: str | None) -> dict:
+    """Verify ``archive`` against ``pin`` (or record its hash) and extract it atomically into ``dest``."""
+    if (dest / COMPLETE_MARKER).is_file():
+        return _read_record(dest)
+    actual = sha256_file(archive)
+    if pin and actual != pin.lower():
+        raise ChecksumError(f"{archive}: SHA-256 mismatch: expected {pin.lower()}, got {actual} "
+                            "(truncated or tampered archive; nothing extracted)")
+    if not pin:
+        print(f"[prepare] {archive.name}: no pin known; computed sha256 {actual} (record it)", file=sys.stderr)
+    record = {"archive": str(archive), "file": archive.name, "sha256": actual, "pinned": bool(pin), "url": url}
+    try:
+        extract(archive, dest, record=record)
+    except (RuntimeError, OSError) as exc:
+        raise DataError(f"{archive}: extraction failed ({exc}); nothing marked complete at {dest}") from exc
+    return record
+
+
+def _fetch(spec: DatasetSpec, params: dict, dest: Path) -> dict:
+    """Download (resumable), verify and extract the official archives of ``spec`` into ``dest``."""
+    archives = _archives(spec, params)
+    if not _opts(params).get("allow_download", True):
+        raise DataError(f"{spec.name}: not found at {dest} and datasets.allow_download is false; set "
+                        f"paths.{spec.path_key} to a local copy")
+    dl = _data_root(params) / "downloads"
+    records = []
+    for a in archives:
+        if not a.url:
+            raise DataError(f"{spec.name}: no download URL for {a.file}; set paths.{spec.path_key}")
+        try:
+            path = download(a.url, dl / a.file, a.sha256)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
+            raise DataError(f"{spec.name} not found at {dest}; downloading {a.url} failed ({exc}). Set "
+                            f"paths.{spec.path_key} in params.yaml to a local copy (folder or archive) or run "
+                            "with network") from exc
+        if path.name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".zip")):
+            records.append(_extract_verified(path, dest, a.sha256, a.url))
+        else:
+            records.append({"file": a.file, "url": a.url, "sha256": sha256_file(path), "pinned": bool(a.sha256)})
+    if not (dest / COMPLETE_MARKER).is_file():  # plain files (Fashion-MNIST): copy into dest atomically
+        def build(tmp: Path) -> None:
+            for a in archives:
+                shutil.copy2(dl / a.file, tmp / a.file)
+            (tmp / SOURCE_RECORD).write_text(json.dumps(records, indent=1))
+        atomic_build(dest, build, spec.name + "\n")
+    return {"archives": records}
+
+
+def _root(spec: DatasetSpec, params: dict, allow_network: bool) -> tuple[Path, dict]:
+    """Make ``spec``'s data available and return (data folder, source info). Network only if allowed."""
+    data_root = _data_root(params)
+    if spec.source == "embedded":
+        if spec.name in ("synth_loco", "synth_mvtec"):
+            seed = int(_opts(params).get("synth_seed", 0))
+            dest = synth.generate(spec.name, data_root / "synth" / spec.name, seed=seed)
+            return dest, {"source": f"embedded:{spec.name} (generator v{synth.GENERATOR_VERSION}, seed {seed})"}
+        return data_root, {"source": f"embedded:{spec.name} (scikit-learn)"}
+    if spec.source == "shared":
+        dest = data_root / "shared" / spec.name
+        if not (dest / COMPLETE_MARKER).is_file():
+            arc = _shared_archive(spec, params)
+            _extract_verified(arc, dest, _shared_pin(arc, spec.archives[0].sha256), None)
+        rec = _read_record(dest)
+        return require_dir(dest / spec.subdir, f"{spec.subdir}/ inside {dest}"), {
+            "source": f"shared:{rec.get('archive', spec.archives[0].file)}", "sha256": rec.get("sha256")}
+    if spec.source == "package":  # ELPV
+        local = _local_override(spec, params)
+        if local:
+            return require_dir(local, "an ELPV folder with labels.csv and images/"), {"source": f"local:{local}"}
+        try:
+            import elpv_dataset
+        except ImportError as exc:
+            raise DataError("ELPV: package 'elpv-dataset' not installed; expected `pip install elpv-dataset` "
+                            "(or set paths.elpv to a folder with labels.csv and images/)") from exc
+        folder = Path(elpv_dataset.__file__).parent / "data"
+        return require_dir(folder, "elpv-dataset's data/ folder"), {
+            "source": f"package:elpv-dataset {getattr(elpv_dataset, '__version__', '')}".strip(),
+            "sha256": {"labels.csv": sha256_file(folder / "labels.csv")} if (folder / "labels.csv").is_file() else None}
+    # official (and Debian Fashion-MNIST): a local copy if configured, else data_root, else download
+    local = _local_override(spec, params)
+    if local is not None and local.is_dir():
+        return local, {"source": f"local:{local}"}
+    dest = data_root / spec.name
+    if local is not None and local.is_file():
+        rec = _extract_verified(local, dest, spec.archives[0].sha256 if spec.archives[0].file == local.name else None,
+                                None)
+        return dest, {"source": f"local-archive:{local}", "sha256": rec.get("sha256")}
+    if (dest / COMPLETE_MARKER).is_file():
+        return dest, {"source": f"official:{spec.archives[0].url}", "archives": _read_record(dest)}
+    if not allow_network:
+        where = f"{local} (paths.{spec.path_key}) or {dest}" if local else str(dest)
+        raise DataError(f"{spec.name} not found at {where}; run `prepare('{spec.name}', ...)` with network, or set "
+                        f"paths.{spec.path_key} in params.yaml to a local copy")
+    return dest, {"source": f"official:{spec.archives[0].url}", **_fetch(spec, params, dest)}
+
+
+def _data_folder(spec: DatasetSpec, root: Path) -> Path:
+    """Where the layout starts inside a prepared root."""
+    if spec.kind.startswith("mvtec"):
+        return _layout_root(root)
+    if spec.subdir and (root / spec.subdir).is_dir():
+        return root / spec.subdir
+    return root
+
+
+def _verify_fashion_content(folder: Path) -> dict[str, str]:
+    """SHA-256 of each decompressed idx file against the pins (works for Debian's and upstream's .gz)."""
+    import gzip
+    import hashlib
+
+    out = {}
+    for stem, path in oneclass.find_fashion_mnist(folder).items():
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            actual = hashlib.sha256(f.read()).hexdigest()
+        if actual != FASHION_MNIST_CONTENT_SHA256[stem]:
+            raise ChecksumError(f"{path}: SHA-256 of the decompressed content mismatch: expected "
+                                f"{FASHION_MNIST_CONTENT_SHA256[stem]}, got {actual}")
+        out[stem] = actual
+    return out
+
+
+# ------------------------------------------------------------------ public API
+def _records(spec: DatasetSpec, folder: Path, category: str, seed: int, params: dict) -> tuple[SplitRecords, Any]:
+    """(split records, array source or None) for one category of a prepared dataset."""
+    if spec.kind == "mvtec_ad":
+        return mvtec.load_mvtec_ad(folder, category, seed, _val_fraction(params, "mvtec_ad")), None
+    if spec.kind in ("mvtec_loco", "mvtec_loco_partial"):
+        proto = "partial" if spec.kind == "mvtec_loco_partial" else "official"
+        return mvtec.load_mvtec_loco(folder, category, proto), None
+    if spec.kind == "elpv":
+        return oneclass.elpv_records(folder / "labels.csv", category, seed, _val_fraction(params, "elpv")), None
+    reader = spec.extra["reader"]
+    display = None
+    if reader == "digits":
+        data = oneclass.read_digits()
+    elif reader == "digits_superclass":
+        data = oneclass.group_labels(oneclass.read_digits(), oneclass.DIGITS_SUPERCLASSES)
+    elif reader == "cifar10":
+        data = oneclass.read_cifar10(folder)
+    elif reader == "cifar100":
+        data = oneclass.read_cifar100_coarse(folder)
+        display = data.names
+        data = oneclass.ClassData(data.train, data.train_labels, data.test, data.test_labels, spec.categories)
+    elif reader == "fashion_mnist":
+        data = oneclass.read_fashion_mnist(folder)
+    else:
+        data = oneclass.read_image_tree(folder, spec.categories)
+    names = data.names
+    recs = oneclass.one_class(data, category, names, seed, _val_fraction(params, "oneclass"), display)
+    recs.info["protocol"] = "oneclass"
+    return recs, data
+
+
+def prepare(name: str, params: dict, categories: list[str] | None = None) -> dict:
+    """Make dataset ``name`` available on disk (generate, extract, or download + verify) and check that
+    ``categories`` exist. Returns a JSON-able info dict; raises DataError naming path and expectation."""
+    spec = _spec(name)
+    root, src = _root(spec, params, allow_network=True)
+    folder = _data_folder(spec, root)
+    available = list(spec.categories) if spec.categories else mvtec.categories(folder)
+    if spec.kind.startswith("mvtec") and spec.categories:
+        available = [c for c in available if c in mvtec.categories(folder)]
+    if name == "fashion_mnist" and src["source"].startswith("local:"):  # downloads are pinned per .gz instead
+        src["content_sha256"] = _verify_fashion_content(folder)
+    missing = [c for c in (categories or []) if c not in available]
+    if missing:
+        raise DataError(f"{folder}: categories {missing} of dataset '{name}' not found; available: {available}")
+    return {"dataset": name, "root": str(folder), "protocol": spec.protocol, "categories": available,
+            "description": spec.description, **src}
+
+
+def load_splits(name: str, category: str, image_size: int, seed: int, params: dict) -> Splits:
+    """Train (normal only), val (normal, for map normalisation; None where the protocol has none) and
+    test (labels, masks where they exist, meta.anomaly_type) of one category. Never downloads: data
+    that is embedded or in ``paths.shared_data`` is made available on the fly, official data must have
+    been ``prepare``d."""
+    spec = _spec(name)
+    root, src = _root(spec, params, allow_network=False)
+    folder = _data_folder(spec, root)
+    recs, data = _records(spec, folder, category, seed, params)
+
+    def ds(records):
+        if records is None:
+            return None
+        if data is None or isinstance(data.train, list):
+            return FolderDataset(records, image_size)
+        arr = data.train if records[0].meta["split"] != "test" else data.test
+        return ArrayDataset(arr, records, image_size)
+
+    info = {"dataset": name, "category": category, "protocol": recs.info.pop("protocol", spec.protocol),
+            "official": bool(recs.info.pop("official", True)), "root": str(folder), "seed": seed,
+            "image_size": image_size, "counts": recs.counts(), "notes": recs.info.pop("notes", ""), **src,
+            **recs.info}
+    if spec.source == "embedded":
+        info["official"] = False
+    if name == "cifar10_jpeg":
+        info["official"] = False
+        info["notes"] += "; JPEG q75 re-encoding of CIFAR-10 (pixels differ slightly from the official pickles)"
+    return Splits(ds(recs.train), ds(recs.val), ds(recs.test), info)
