@@ -23,10 +23,13 @@ from typing import Any
 
 from adrepro.config import resolve_path
 from adrepro.download import COMPLETE_MARKER, SOURCE_RECORD, ChecksumError, download, extract, sha256_file
+from adrepro.results import write_json
 
 from . import mvtec, oneclass, synth
 from .base import DataError, Splits
 from .common import ArrayDataset, FolderDataset, SplitRecords, atomic_build, require_dir
+
+PREPARED_RECORD = "prepared.json"
 
 SHARED_SUMS = "SHA256SUMS"
 
@@ -275,11 +278,11 @@ def _root(spec: DatasetSpec, params: dict, allow_network: bool) -> tuple[Path, d
     if spec.source == "embedded":
         if spec.name in ("synth_loco", "synth_mvtec"):
             seed = int(_opts(params).get("synth_seed", 0))
-            dest = synth.generate(spec.name, data_root / "synth" / spec.name, seed=seed)
+            dest = synth.generate(spec.name, data_root / spec.name, seed=seed)
             return dest, {"source": f"embedded:{spec.name} (generator v{synth.GENERATOR_VERSION}, seed {seed})"}
         return data_root, {"source": f"embedded:{spec.name} (scikit-learn)"}
     if spec.source == "shared":
-        dest = data_root / "shared" / spec.name
+        dest = data_root / spec.name
         if not (dest / COMPLETE_MARKER).is_file():
             arc = _shared_archive(spec, params)
             _extract_verified(arc, dest, _shared_pin(arc, spec.archives[0].sha256), None)
@@ -388,8 +391,15 @@ def prepare(name: str, params: dict, categories: list[str] | None = None) -> dic
     missing = [c for c in (categories or []) if c not in available]
     if missing:
         raise DataError(f"{folder}: categories {missing} of dataset '{name}' not found; available: {available}")
-    return {"dataset": name, "root": str(folder), "protocol": spec.protocol, "categories": available,
+    info = {"dataset": name, "root": str(folder), "protocol": spec.protocol, "categories": available,
             "description": spec.description, **src}
+    write_json(prepared_dir(name, params) / PREPARED_RECORD, info)  # the DVC output data/<name>/ always exists
+    return info
+
+
+def prepared_dir(name: str, params: dict) -> Path:
+    """``<paths.data_root>/<name>``: everything ``prepare`` makes for ``name`` lives here (DVC output)."""
+    return _data_root(params) / _spec(name).name
 
 
 def load_splits(name: str, category: str, image_size: int, seed: int, params: dict) -> Splits:

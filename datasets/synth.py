@@ -47,6 +47,7 @@ TILE_COLOUR = (170, 110, 80)
 GROUT_COLOUR = (120, 115, 110)
 TILE_JITTER = 10.0
 CRACK_WIDTH = 2
+CRACK_COLOUR = (100, 88, 80)  # close to the grout colour: a crack is subtle, not the darkest pixel
 STAIN_RADIUS = (5, 9)
 STAIN_COLOUR = (95, 120, 70)
 
@@ -61,7 +62,7 @@ def _knobs() -> dict:
     g = globals()
     names = ["GENERATOR_VERSION", "IMAGE_SIZE", "SIZES", "PALETTE", "TRAY_COLOUR", "NOISE_STD", "CIRCLE_RADIUS",
              "SQUARE_HALF", "SCRATCH_WIDTH", "BLOB_RADIUS", "LIGHT_JITTER", "TILE", "GROUT", "TILE_COLOUR",
-             "GROUT_COLOUR", "TILE_JITTER", "CRACK_WIDTH", "STAIN_RADIUS", "STAIN_COLOUR"]
+             "GROUT_COLOUR", "TILE_JITTER", "CRACK_WIDTH", "CRACK_COLOUR", "STAIN_RADIUS", "STAIN_COLOUR"]
     return {n: g[n] for n in names}
 
 
@@ -268,7 +269,7 @@ def _mvtec_defect(rng: np.random.Generator, kind: str) -> tuple[Image.Image, np.
         for _ in range(4):
             a += rng.normal(0, 0.6)
             pts.append((pts[-1][0] + 8 * np.cos(a), pts[-1][1] + 8 * np.sin(a)))
-        di.line(pts, fill=(45, 35, 30), width=CRACK_WIDTH, joint="curve")
+        di.line(pts, fill=CRACK_COLOUR, width=CRACK_WIDTH, joint="curve")
         dm.line(pts, fill=255, width=CRACK_WIDTH + 2, joint="curve")
     else:
         r = float(rng.uniform(*STAIN_RADIUS))

@@ -163,7 +163,7 @@ class Server:
 
     @contextmanager
     def running(self):
-        t = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        t = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         t.start()
         try:
             yield self

@@ -17,7 +17,7 @@ from adrepro.training import config_hash, run_loop, seed_everything
 
 from ..base import FitContext, Method, Teacher
 from . import losses as L
-from .model import EfficientADModel, augment_ae_input, build_branches, pdn_output_size, penalty_transform
+from .model import EfficientADModel, augment_ae_input, build_branches, pdn_output_size
 from .pdn import build_pdn
 
 DEFAULTS: dict[str, Any] = {
@@ -25,14 +25,15 @@ DEFAULTS: dict[str, Any] = {
     "size": "S", "dual_ae": False, "srm": False, "crm": False, "sfm": False, "csf": False, "serial": False,
     # EfficientAD (paper values)
     "image_size": 256, "steps": 70000, "pdn_width": 1.0, "ae_latent": 64, "ae_dropout": 0.2,
-    "p_hard": 0.999, "lr": 1e-4, "weight_decay": 1e-5, "lr_decay_at": 0.95, "penalty_grayscale": 0.3,
+    "p_hard": 0.999, "lr": 1e-4, "weight_decay": 1e-5, "lr_decay_at": 0.95,
     "q_a": 0.9, "q_b": 0.995, "map_weight_local": 0.5,
     # paper A
     "lambda_csf": 0.5, "csf_reduction": "mean", "srm_at": "output", "srm_pool": 4, "crm_at": 3,
     "crm_reduction": 4, "crm_residual": False, "attn_softmax": True,
-    # harness
-    "checkpoint_every": 1000, "eval_batch_size": 8,
+    # harness; ``disable`` switches real components off (regression-gate checks): "student_training" drops L_DIS
+    "checkpoint_every": 1000, "eval_batch_size": 8, "disable": [],
 }
+DISABLEABLE = ("student_training",)
 
 _ARCHS = {"pdn_s": "S", "pdn_m": "M"}
 
@@ -72,6 +73,9 @@ class EfficientAD(Method):
         if unknown:
             raise ValueError(f"efficientad: unknown config key(s) {unknown} (params.yaml methods.efficientad / registry options)")
         self.opt = {k: cfg.get(k, v) for k, v in DEFAULTS.items()}
+        bad = sorted(set(self.opt["disable"]) - set(DISABLEABLE))
+        if bad:
+            raise ValueError(f"efficientad: 'disable' has unknown component(s) {bad} (known: {list(DISABLEABLE)})")
         if self.opt["size"] not in ("S", "M"):
             raise ValueError(f"efficientad: option 'size' must be 'S' or 'M', got {self.opt['size']!r}")
         self.teacher_net, self.teacher_info = _load_teacher(teacher)
@@ -156,15 +160,16 @@ class EfficientAD(Method):
             batch = [img, augment_ae_input(img, generator)]
             if penalty is not None:
                 j = int(torch.randint(len(penalty), (1,), generator=generator))
-                p = _image(penalty[j]).float()
-                p = p.expand(3, -1, -1) if p.shape[0] == 1 else p[:3]
-                batch.append(penalty_transform(p, s, generator, float(o["penalty_grayscale"])).to(self.device))
+                p = _image(penalty[j]).float()[None]
+                batch.append(m.resize(p.expand(-1, 3, -1, -1) if p.shape[1] == 1 else p).to(self.device))
             x = m.normalise_input(torch.cat(batch))
             t = m.teacher_features(x[:2])
             y = m.student(x)
             l_hard = L.hard_loss(t[:1], y[:1, :c], float(o["p_hard"]))
             l_pen = L.penalty_loss(y[2:3, :c]) if penalty is not None else torch.zeros((), device=self.device)
             l_dis = L.distillation_loss(l_hard, l_pen)  # eq 13
+            if "student_training" in o["disable"]:
+                l_dis = l_dis.detach() * 0.0
             s2 = y[1:2, c:]  # S'' on the augmented image
             terms = []
             for a in m.ae_outputs(x[1:2]):
@@ -192,6 +197,7 @@ class EfficientAD(Method):
             "quantiles_from": "validation/good" if val is not None else "train (no validation set)",
             "teacher": {k: v for k, v in self.teacher_info.items() if k != "provenance"},
             "maps": dict(zip(m.map_names, m.map_weights.tolist())),
+            "disabled": list(o["disable"]),
         }
         return self.summary
 

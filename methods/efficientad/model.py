@@ -94,14 +94,6 @@ def augment_ae_input(images: torch.Tensor, generator: torch.Generator) -> torch.
     return fn(images, factor)
 
 
-def penalty_transform(image: torch.Tensor, image_size: int, generator: torch.Generator, grayscale_p: float = 0.3) -> torch.Tensor:
-    """EfficientAD's penalty image: resize to 2x the image size, grayscale with probability 0.3, centre crop."""
-    x = F.interpolate(image[None], size=(2 * image_size, 2 * image_size), mode="bilinear", align_corners=False, antialias=True)
-    if float(torch.rand(1, generator=generator)) < grayscale_p:
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return TF.center_crop(x, [image_size, image_size]).clamp(0, 1)
-
-
 class EfficientADModel(nn.Module):
     """Teacher, student, autoencoder(s) and normalisation statistics. ``map_names`` lists the maps:
     "loc" (student-teacher, Omega_loc) and one global map per AE ("gol", or "gol_srm"/"gol_crm")."""
