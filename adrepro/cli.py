@@ -14,6 +14,12 @@ def _stage(module: str) -> Callable[[Any], None]:
     def call(args: Any) -> None:
         import importlib
 
+        import torch
+
+        params = load_params()
+        threads = params["profiles"][params["profile"]].get("torch_threads", 0)
+        if threads:
+            torch.set_num_threads(threads)
         importlib.import_module(f"adrepro.pipelines.{module}").main(args)
 
     return call

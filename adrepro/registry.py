@@ -35,7 +35,7 @@ class Variant:
 
 
 def _a(id_: str, title: str, cells: tuple[Cell, ...], **opts: Any) -> Variant:
-    options = dict(size="S", dual_ae=False, srm=False, crm=False, sfm=False, csf=False, serial=False)
+    options = dict(dual_ae=False, srm=False, crm=False, sfm=False, csf=False, serial=False)
     options.update(opts)
     return Variant(id_, "A", "efficientad", title, ("loco",), options, cells, teacher_role="pdn")
 
@@ -108,9 +108,10 @@ class Experiment:
         return self.variant.method
 
     def method_config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Profile-level hyperparameters of the method family, overlaid with the variant's options."""
+        """The family's paper hyperparameters (params `methods.<family>`), the profile's scale settings, then the variant's options."""
         prof = profile_config(params, self.profile)
-        cfg = dict(prof["methods"][self.method])
+        cfg = dict(params.get("methods", {}).get(self.method, {}))
+        cfg.update(prof["methods"][self.method])
         cfg.update(self.variant.options)
         cfg.update(protocol=self.protocol, seed=self.seed, device=prof.get("device", "cpu"))
         return cfg
@@ -133,7 +134,7 @@ def experiments(params: dict[str, Any] | None = None, profile: str | None = None
             if v.method not in prof["methods"]:
                 raise ConfigError(f"params.yaml: profiles.{profile}.methods has no entry for '{v.method}' (needed by {v.id})")
             teacher = prof["teachers"].get(v.teacher_role)
-            if v.options.get("size") == "M":
+            if v.options.get("size", params.get("methods", {}).get(v.method, {}).get("size")) == "M":
                 teacher = prof["teachers"].get("pdn_m", teacher)
             for cat in spec["categories"]:
                 for seed in spec["seeds"]:

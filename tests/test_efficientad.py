@@ -179,6 +179,15 @@ def test_bad_teacher_and_config_give_clear_errors(tmp_path):
         EfficientAD(dict(TINY), None)
 
 
+def test_disable_student_training_cuts_the_student_teacher_loss(tmp_path):
+    method, summary = fit(tmp_path, steps=1, disable=["student_training"])
+    assert summary["disabled"] == ["student_training"]
+    grad = method.model.student[-1].weight.grad
+    assert bool((grad[:16] == 0).all()) and bool((grad[16:] != 0).any())  # S' gets nothing, S'' still learns
+    with pytest.raises(ValueError, match="disable"):
+        EfficientAD({**TINY, "disable": ["teacher"]}, teacher_file(tmp_path / "t.pt"))
+
+
 # ---- determinism ----
 FULL = dict(dual_ae=True, srm=True, crm=True, sfm=True, csf=True, steps=6)
 
@@ -203,3 +212,17 @@ def test_kill_and_resume_equals_uninterrupted_fit(tmp_path):
     assert _equal_states(full, resumed)
     images = torch.rand(2, 3, 32, 32)
     assert torch.equal(full.predict(images)[1], resumed.predict(images)[1])
+
+
+def test_benchmark_smoke_training(benchmark, tmp_path):
+    """Smoke-profile sizes (64 px, PDN width 0.25, 64 teacher channels, latent 32): 10 training steps."""
+    teacher = teacher_file(tmp_path / "smoke_teacher.pt", out_channels=64, width=0.25)
+    cfg = dict(image_size=64, steps=10, pdn_width=0.25, ae_latent=32, checkpoint_every=50, seed=0)
+    train, penalty = Images(6, 64, 1), Images(4, 64, 3)
+    runs = iter(range(1000))
+
+    def run():
+        ctx = FitContext("bench", tmp_path / f"b{next(runs)}", 0, extra={"penalty": penalty})
+        return EfficientAD(cfg, teacher).fit(train, None, ctx)
+
+    assert benchmark(run)["steps"] == 10

@@ -175,7 +175,8 @@ def test_pos_strategy_1_student_learns_its_own(vit_teacher, tmp_path):
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v.method == "fcd_vit"], ids=lambda v: v.id)
 def test_every_registry_variant_fits_and_predicts(variant, vit_teacher, tmp_path):
-    m = FCDViT(_cfg(**variant.options, protocol=variant.protocols[-1], batch_size_mvtec=2, lr_mvtec=0.2), vit_teacher)
+    cfg = _cfg(**variant.options, protocol=variant.protocols[-1], batch_size_mvtec=2, lr_mvtec=0.2)
+    m = FCDViT(cfg, vit_teacher)
     summary = m.fit(_data(6, 0), None, FitContext(variant.id, tmp_path, 0))
     assert summary["steps"] == 3
     if variant.protocols[-1] == "mvtec_ad":
@@ -206,3 +207,9 @@ def test_stop_after_and_resume_is_bit_identical(vit_teacher, tmp_path):
         assert torch.equal(v, w), k
     assert torch.equal(ref.anchors.anchor, resumed.anchors.anchor)
     assert int(resumed.anchors.count) == 4 * 4
+
+
+def test_benchmark_predict(benchmark, vit_teacher, tmp_path):
+    m, _ = _fit(vit_teacher, tmp_path, steps=1)
+    scores, maps = benchmark(m.predict, torch.rand(16, 3, 16, 16))
+    assert scores.shape == (16,) and maps.shape == (16, 16, 16)

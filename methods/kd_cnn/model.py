@@ -3,6 +3,7 @@ substitute) and tiny random variants for the smoke profile, with feature taps by
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -70,21 +71,23 @@ def build_cnn(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         return torchvision.models.vgg16(**kwargs)
     if arch == "resnet18":
         return torchvision.models.resnet18(**kwargs)
-    if arch == "efficientnet_lite0":
+    if re.fullmatch(r"efficientnet_lite\d", arch):  # offline substitute teacher (optional extra adrepro[lite])
         from efficientnet_lite_pytorch import EfficientNet
 
-        return EfficientNet.from_name("efficientnet-lite0", **kwargs)
+        return EfficientNet.from_name(arch.replace("_", "-"), **kwargs)
     if arch == "tiny_vgg":
         return TinyVGG(**kwargs)
     if arch == "tiny_resnet":
         return TinyResNet(**kwargs)
-    raise ValueError(f"kd_cnn: unknown teacher arch {arch!r} (known: vgg16, resnet18, efficientnet_lite0, tiny_vgg, tiny_resnet)")
+    raise ValueError(f"kd_cnn: unknown teacher arch {arch!r} (known: vgg16, resnet18, efficientnet_lite<n>, tiny_vgg, "
+                     "tiny_resnet)")
 
 
 def default_taps(arch: str, net: nn.Module) -> list[str]:
     taps = getattr(net, "default_taps", None) or DEFAULT_TAPS.get(arch)
     if not taps:
-        raise ValueError(f"kd_cnn: no feature taps known for arch {arch!r}; give cfg 'taps' or the teacher file's 'taps'")
+        raise ValueError(f"kd_cnn: no feature taps known for arch {arch!r}; "
+                         "give cfg 'taps' or the teacher file's 'taps'")
     return list(taps)
 
 

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("| teacher | image AUROC (bottle) | EfficientAD steps | train wall s |\n|---|---|---|---|")
     for name, r in result["runs"].items():
         print(f"| {name} | {r['image_auroc']:.4f} | {r['steps']} | {r['train_wall_s']} |")
-    print(f"distillation: {args.distill_steps} steps, {distill_wall:.0f} s, loss {result['distill']['loss_first10']:.3f}"
+    d = result["distill"]
+    print(f"distillation: {args.distill_steps} steps, {distill_wall:.0f} s, loss {d['loss_first10']:.3f}"
           f" -> {result['distill']['loss_last10']:.3f}")
     return result
 

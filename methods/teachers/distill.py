@@ -51,7 +51,7 @@ class BackboneTarget(nn.Module):
         self.register_buffer("mean", torch.tensor(entry["mean"]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(entry["std"]).view(1, 3, 1, 1))
         self.module = module.eval().requires_grad_(False)
-        if entry["arch"] == "efficientnet_lite":
+        if entry["arch"].startswith("efficientnet_lite"):
             from .lite import LiteFeatures
 
             self.features = LiteFeatures(module)
@@ -59,9 +59,10 @@ class BackboneTarget(nn.Module):
             with torch.no_grad():
                 channels = sum(f.shape[1] for f in self._strides(torch.zeros(1, 3, 64, 64)))
             g = torch.Generator().manual_seed(seed)
-            q, _ = torch.linalg.qr(torch.randn(max(9 * channels, out_channels), min(9 * channels, out_channels), generator=g))
+            dims = 9 * channels
+            q, _ = torch.linalg.qr(torch.randn(max(dims, out_channels), min(dims, out_channels), generator=g))
             self.register_buffer("proj", q.T if 9 * channels >= out_channels else q)  # [out, 9C], fixed
-        elif entry["arch"] == "torchvision" and "resnet" in entry["kwargs"]["name"]:
+        elif "resnet" in entry["arch"]:
             self.features = None
             self.projection = "patchcore_avgpool"
         else:

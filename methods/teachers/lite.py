@@ -15,13 +15,13 @@ from torch import nn
 LITE_HINT = "install the optional extra: pip install 'adrepro[lite]'"
 
 
-def build_lite(name: str) -> nn.Module:
-    """An untrained EfficientNet-Lite (``name`` = ``efficientnet-lite0`` ...) with the 1000-class head."""
+def build_lite(name: str, num_classes: int = 1000) -> nn.Module:
+    """An untrained EfficientNet-Lite (``name`` = ``efficientnet-lite0`` ...) with its classifier head."""
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise ImportError(f"{name}: package efficientnet-lite-pytorch is not installed ({LITE_HINT})") from exc
-    return EfficientNet.from_name(name, num_classes=1000)
+    return EfficientNet.from_name(name, num_classes=num_classes)
 
 
 def package_file(package: str, relpath: str) -> Path:

