@@ -57,7 +57,7 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
             "cmd": "adrepro train ${key}",
             "deps": ["methods/${item.method}", "methods/base.py", "adrepro/training.py", "pipelines/train.py",
                      f"{data_root}/${{item.dataset}}", f"{troot}/{profile}/${{item.teacher}}.pt"],
-            "params": [f"profiles.{profile}.methods.${{item.method}}", f"profiles.{profile}.protocols.${{item.protocol}}",
+            "params": ["methods.${item.method}", f"profiles.{profile}.methods.${{item.method}}", f"profiles.{profile}.protocols.${{item.protocol}}",
                        f"profiles.{profile}.penalty_images"],
             "outs": [f"models/{profile}/${{key}}"],
         }}

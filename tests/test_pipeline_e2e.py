@@ -13,8 +13,6 @@ import yaml
 
 from adrepro import REPO_ROOT
 
-from .conftest import make_project
-
 EXP = "a-t2-e1-loco-breakfast_tray-s0"
 
 
@@ -28,10 +26,10 @@ def _run(cmd: list[str], cwd, check: bool = True) -> subprocess.CompletedProcess
 
 
 @pytest.mark.slow
-def test_repro_tracks_reports_is_idempotent_and_gate_catches_a_real_regression(tmp_path):
+def test_repro_tracks_reports_is_idempotent_and_gate_catches_a_real_regression(tmp_path, project):
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["profiles"]["smoke"]["variants"] = ["a-t2-e1"]
-    proj = make_project(tmp_path / "proj", yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    proj = project(tmp_path / "proj", yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     _run(["dvc", "init", "-q"], proj)
     _run(["dvc", "config", "core.analytics", "false"], proj)
 
