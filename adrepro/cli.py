@@ -68,6 +68,17 @@ def _gate(args: Any) -> None:
     sys.exit(run(args.profile or params["profile"], params["gate"]["tolerance"], update=args.update))
 
 
+def _spread(args: Any) -> None:
+    from .gate import seed_spread
+
+    rows = seed_spread(args.profile or load_params()["profile"])
+    for r in rows:
+        print(f"{r['experiment']:44s} {r['auroc']:10s} n={r['seeds']} min={r['min']:.4f} max={r['max']:.4f} range={r['range']:.4f}")
+    if rows:
+        worst = max(rows, key=lambda r: r["range"])
+        print(f"largest seed-to-seed range: {worst['range']:.4f} ({worst['experiment']} {worst['auroc']})")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="adrepro", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -85,11 +96,15 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("experiment")
         s.set_defaults(func=_stage(name))
     sub.add_parser("latency", help="stage latency").set_defaults(func=_stage("latency"))
+    sub.add_parser("track", help="stage track: log finished experiments to MLflow").set_defaults(func=_stage("track"))
     sub.add_parser("report", help="stage report").set_defaults(func=_stage("report"))
     s = sub.add_parser("gate", help="regression gate vs reports/baselines/<profile>.json")
     s.add_argument("--profile", choices=PROFILES)
     s.add_argument("--update", action="store_true", help="write the baseline from the current results")
     s.set_defaults(func=_gate)
+    s = sub.add_parser("spread", help="seed-to-seed AUROC spread of a profile run with several seeds")
+    s.add_argument("--profile", choices=PROFILES)
+    s.set_defaults(func=_spread)
     s = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from the registry")
     s.add_argument("--check", action="store_true")
     s.set_defaults(func=_dvc_yaml)

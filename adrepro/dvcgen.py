@@ -1,6 +1,6 @@
 """Generate dvc.yaml from the registry for the active profile (tests/test_dvc_yaml.py checks staleness).
 
-Stages: data@<dataset> -> teacher@<id> -> train@<exp> -> evaluate@<exp> -> latency -> report.
+Stages: data@<dataset> -> teacher@<id> -> train@<exp> -> evaluate@<exp> -> track (MLflow) -> latency -> report.
 Experiments without a teacher in this profile (e.g. paper B's ViT rows offline) get a `skip@<exp>`
 stage that writes a metrics.json saying why they are not runnable.
 """
@@ -65,8 +65,13 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
             "cmd": "adrepro evaluate ${key}",
             "deps": [f"models/{profile}/${{key}}", f"{data_root}/${{item.dataset}}", "adrepro/metrics.py",
                      "pipelines/evaluate.py"],
+            "outs": [f"plots/{profile}/${{key}}"],
             "metrics": [{f"results/{profile}/${{key}}/metrics.json": {"cache": False}}],
         }}
+        stages["track"] = {
+            "cmd": "adrepro track",
+            "deps": [f"results/{profile}", f"models/{profile}", f"plots/{profile}", "adrepro/tracking.py"],
+        }
         stages["latency"] = {
             "cmd": "adrepro latency",
             "deps": [f"models/{profile}", "adrepro/latency.py", "pipelines/latency.py"],

@@ -53,6 +53,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seed_spread(profile: str) -> list[dict[str, Any]]:
+    """Per experiment (seed suffix removed) and AUROC: min, max and range over the seeds on disk.
+    Run a profile with several seeds (params `protocols.*.seeds`) to justify `gate.tolerance`."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for exp, aurocs in current(profile).items():
+        for key, value in aurocs.items():
+            groups.setdefault((exp.rsplit("-s", 1)[0], key), []).append(value)
+    return [{"experiment": e, "auroc": k, "seeds": len(v), "min": min(v), "max": max(v), "range": max(v) - min(v)}
+            for (e, k), v in sorted(groups.items()) if len(v) > 1]
+
+
 def run(profile: str, tolerance: float, update: bool = False) -> int:
     """Returns the process exit code: 0 pass, 1 regression or missing metrics, 2 no baseline."""
     cur = current(profile)

@@ -145,12 +145,19 @@ def read_fashion_mnist(root: Path) -> ClassData:
 
 @lru_cache(maxsize=1)
 def read_digits() -> ClassData:
-    """scikit-learn's 8x8 digits (0..16 -> 0..255), stratified fixed split (seed SPLIT_SEED)."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's 8x8 digits (0..16 -> 0..255), stratified fixed split (seed SPLIT_SEED).
 
-    d = load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    labels = d.target.astype(np.int64)
+    Read straight from the CSV inside the scikit-learn wheel (what ``load_digits`` reads) so a stage
+    does not pay for importing scikit-learn."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if csv is None or not csv.is_file():
+        raise DataError(f"scikit-learn's digits not found ({csv}); expected `pip install scikit-learn`")
+    raw = np.loadtxt(csv, delimiter=",")
+    images = np.round(raw[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
+    labels = raw[:, -1].astype(np.int64)
     test_mask = np.zeros(len(labels), dtype=bool)
     rng = np.random.default_rng(SPLIT_SEED)
     for c in range(10):

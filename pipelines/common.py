@@ -21,6 +21,10 @@ def model_dir(profile: str, exp_id: str) -> Path:
     return MODELS_DIR / profile / exp_id
 
 
+def plots_dir(profile: str, exp_id: str) -> Path:
+    return REPO_ROOT / "plots" / profile / exp_id
+
+
 def scratch_dir(profile: str, exp_id: str) -> Path:
     return SCRATCH_DIR / profile / exp_id
 

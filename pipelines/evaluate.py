@@ -1,4 +1,5 @@
-"""Stage `evaluate@<exp>`: score the test split, write results/<profile>/<exp>/metrics.json, log to MLflow."""
+"""Stage `evaluate@<exp>`: score the test split; write results/<profile>/<exp>/metrics.json and the ROC curve
+and anomaly-map montage to plots/<profile>/<exp>/ (the `track` stage logs them to MLflow)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from adrepro.datasets.base import collate  # noqa: E402
 from adrepro.datasets.registry import load_splits  # noqa: E402
 from adrepro.methods.base import build_method  # noqa: E402
-from adrepro.metrics import image_aurocs, pixel_auroc  # noqa: E402
-from adrepro.results import git_sha, metrics_path, read_json, write_json  # noqa: E402
-from adrepro.tracking import run_tags, tracked_run  # noqa: E402
+from adrepro.metrics import image_aurocs, pixel_auroc, roc_curve  # noqa: E402
+from adrepro.results import git_sha, metrics_path, write_json  # noqa: E402
+from adrepro.tracking import log_failed, run_tags  # noqa: E402
 
-from .common import load_experiment, load_teacher, model_dir, not_runnable_reason  # noqa: E402
+from .common import load_experiment, load_teacher, model_dir, not_runnable_reason, plots_dir  # noqa: E402
 
 BATCH = 16
 
@@ -41,7 +41,7 @@ def score(method: Any, dataset: Any) -> tuple[list[float], list[int], list[str],
 
 
 def _roc_figure(scores: list[float], labels: list[int], title: str) -> Any:
-    fpr, tpr, _ = roc_curve(labels, scores)
+    fpr, tpr = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(fpr, tpr, lw=1.5)
     ax.plot([0, 1], [0, 1], "k--", lw=0.5)
@@ -81,31 +81,31 @@ def run(exp_id: str) -> dict[str, Any]:
         write_json(metrics_path(exp.profile, exp.id), result)
         return result
     saved = torch.load(mdir / "model.pt", map_location="cpu", weights_only=False)
-    teacher = load_teacher(params, exp)
-    method = build_method(exp.method, cfg, teacher)
-    method.load_state_dict(saved["state"])
-    for m in method.inference_modules():
-        m.to(method.device).eval()
-    splits = load_splits(exp.dataset, exp.category, cfg["image_size"], exp.seed, params)
-    with torch.inference_mode():
-        scores, labels, types, maps, masks = score(method, splits.test)
-    auroc = image_aurocs(scores, labels, types)
-    auroc["pixel"] = pixel_auroc(maps, masks) if maps else None
-    result = {**base, "status": "ok", "auroc": auroc, "steps": saved["summary"].get("steps"),
-              "train": saved["summary"], "teacher": saved["teacher"], "data": saved["data"],
-              "n_test": len(labels), "device": str(method.device), "torch": torch.__version__,
-              "python": platform.python_version()}
-    train_info = read_json(mdir / "train.json") if (mdir / "train.json").is_file() else {}
-    tags = run_tags(exp, saved["teacher"], str(method.device))
-    with tracked_run(exp, tags, run_id=train_info.get("mlflow_run_id")) as tracker:
-        result["mlflow_run_id"] = tracker.run_id
-        tracker.log_metrics(auroc, prefix="auroc.")
-        tracker.log_figure(_roc_figure(scores, labels, exp.id), "roc_curve.png")
+    tags = run_tags(exp, saved["teacher"], str(cfg.get("device", "cpu")))
+    try:
+        method = build_method(exp.method, cfg, load_teacher(params, exp))
+        method.load_state_dict(saved["state"])
+        for m in method.inference_modules():
+            m.to(method.device).eval()
+        splits = load_splits(exp.dataset, exp.category, cfg["image_size"], exp.seed, params)
         with torch.inference_mode():
-            if maps:
-                tracker.log_figure(_montage(method, splits.test), "anomaly_maps.png")
+            scores, labels, types, maps, masks = score(method, splits.test)
+        auroc = image_aurocs(scores, labels, types)
+        auroc["pixel"] = pixel_auroc(maps, masks) if maps else None
+        result = {**base, "status": "ok", "auroc": auroc, "steps": saved["summary"].get("steps"),
+                  "train": saved["summary"], "teacher": saved["teacher"], "data": saved["data"],
+                  "n_test": len(labels), "device": str(method.device), "torch": torch.__version__,
+                  "python": platform.python_version()}
+        plots = plots_dir(exp.profile, exp.id)
+        plots.mkdir(parents=True, exist_ok=True)
+        _roc_figure(scores, labels, exp.id).savefig(plots / "roc_curve.png", dpi=80)
+        if maps:
+            with torch.inference_mode():
+                _montage(method, splits.test).savefig(plots / "anomaly_maps.png", dpi=80)
         plt.close("all")
-        tracker.log_json(result, "metrics.json")
+    except BaseException as exc:
+        log_failed(exp, "evaluate", tags, {"cfg": cfg}, None, exc)
+        raise
     write_json(metrics_path(exp.profile, exp.id), result)
     return result
 

@@ -16,7 +16,7 @@ torch.set_num_threads(1)  # tiny models on 2 shared cores: one thread is ~20x fa
 
 # what a project copy needs to run the pipeline (code, config, committed inputs); never data/models/results
 PROJECT_FILES = ["adrepro", "methods", "datasets", "pipelines", "reports/templates", "reports/paper_values.csv",
-                 "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore"]
+                 "params.yaml", "pyproject.toml"]
 
 
 @pytest.fixture

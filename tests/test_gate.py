@@ -17,3 +17,13 @@ def test_drop_beyond_tolerance_is_a_regression_and_within_is_not():
 def test_improvement_passes():
     rows = compare({"e": {"image": 0.5}}, {"e": {"image": 0.9}}, 0.0)
     assert rows[0]["status"] == "ok" and rows[0]["delta"] > 0
+
+
+def test_seed_spread_groups_seeds_of_one_experiment(monkeypatch):
+    from adrepro import gate
+
+    monkeypatch.setattr(gate, "current", lambda profile: {
+        "v-p-c-s0": {"image": 0.70}, "v-p-c-s1": {"image": 0.76}, "v-p-c-s2": {"image": 0.73}, "w-p-c-s0": {"image": 0.5}})
+    rows = gate.seed_spread("smoke")
+    assert len(rows) == 1 and rows[0]["experiment"] == "v-p-c" and rows[0]["seeds"] == 3
+    assert abs(rows[0]["range"] - 0.06) < 1e-9

@@ -36,3 +36,17 @@ def test_pixel_auroc_matches_sklearn_after_resize():
     assert pixel_auroc(maps, masks) == pytest.approx(expect)
     small = [torch.nn.functional.avg_pool2d(m[None, None], 2)[0, 0] for m in maps]
     assert 0.0 <= pixel_auroc(small, masks) <= 1.0
+
+
+def test_auroc_with_ties_and_roc_curve_match_sklearn():
+    from sklearn.metrics import roc_curve as sk_roc
+
+    from adrepro.metrics import _auroc, roc_curve
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(y * 0.7, 1.0), 1)  # many ties
+    assert _auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr = roc_curve(y, s)
+    sk_fpr, sk_tpr, _ = sk_roc(y, s, drop_intermediate=False)
+    assert np.allclose(fpr, sk_fpr) and np.allclose(tpr, sk_tpr)

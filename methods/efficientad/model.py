@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from torch import nn
 
 from .modules import ChannelReunionModule, SelectiveFusionModule, SpatialReunionModule
@@ -90,8 +89,11 @@ def augment_ae_input(images: torch.Tensor, generator: torch.Generator) -> torch.
     """EfficientAD's AE input augmentation: one of brightness, contrast, saturation, factor ~ U(0.8, 1.2)."""
     which = int(torch.randint(3, (1,), generator=generator))
     factor = float(0.8 + 0.4 * torch.rand(1, generator=generator))
-    fn = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[which]
-    return fn(images, factor)
+    grey = (0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
+    # torchvision's definitions: blend with black / the mean grey level / the grey image, clamped to [0, 1]
+    other = (torch.zeros_like(images), grey.mean(dim=(-3, -2, -1), keepdim=True).expand_as(images),
+             grey.expand_as(images))[which]
+    return (factor * images + (1 - factor) * other).clamp(0, 1)
 
 
 class EfficientADModel(nn.Module):

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 # Multi-layer taps per backbone (module names). VGG16: outputs of the max-pool layers of blocks 2-5 (MKDAD's
 # "critical points"); ResNet18: outputs of layer1-4; EfficientNet-Lite0: the last block of stages 2, 3, 5, 7.
@@ -43,6 +42,8 @@ class TinyResNet(nn.Module):
     """ResNet-shaped smoke backbone: 3x3 stem, then one torchvision ``BasicBlock`` per stage; taps = layer1-4."""
 
     def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64)):
+        from torchvision.models.resnet import BasicBlock  # lazy: importing torchvision costs ~2 s per stage
+
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))

@@ -1,7 +1,8 @@
 """Issue 6 experiment: EfficientAD on MVTec AD ``bottle`` with a PDN teacher distilled from the offline
 substitute (EfficientNet-Lite0 on CIFAR-10 JPEGs) versus a randomly initialised PDN, same short schedule.
 
-    python -m adrepro.methods.teachers.compare_pdn --distill-steps 300 --train-steps 300 --out /tmp/cmp
+    python -m adrepro.methods.teachers.compare_pdn --distill-steps 1200 --distill-image-size 32 --distill-batch-size 16
+        --train-steps 1000 --seed 0 --out /tmp/cmp      (one command; the figures in docs/teachers.md)
 
 Writes ``<out>/compare_pdn.json`` (AUROCs, steps, wall times, teacher provenance) and prints a
 Markdown table. CPU by default; every stage resumes from its checkpoint when re-run.
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--source", default="efficientnet_lite0", help="backbone to distil from")
     ap.add_argument("--images", default="cifar10_jpeg", help="distillation + penalty images (penalty.KINDS)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on busy shared cores)")
+    ap.add_argument("--device", default="cpu", help="cuda to use a GPU (falls back to CPU)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from adrepro.datasets.registry import load_splits
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     losses = distill_pdn(args.source, params, args.distill_steps, args.distill_image_size, args.seed,
                          out / "teachers" / "pdn_distilled.pt", batch_size=args.distill_batch_size,
                          lr=args.distill_lr, images=args.images, out_channels=args.out_channels, width=args.width,
-                         profile="offline", teacher_id=f"pdn_s_from_{args.source}")
+                         profile="offline", teacher_id=f"pdn_s_from_{args.source}", device=args.device)
     distill_wall = time.perf_counter() - t0
     distilled = Teacher(f"pdn_s_from_{args.source}", out / "teachers" / "pdn_distilled.pt",
                         read_teacher_file(out / "teachers" / "pdn_distilled.pt")["provenance"])
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "random": random_pdn(out / "teachers" / "pdn_random.pt", args.out_channels, args.width, args.seed)}
     splits = load_splits("mvtec_ad_bottle_384", "bottle", args.image_size, args.seed, params)
     penalty, penalty_prov = penalty_images(args.images, params, args.image_size, args.seed)
-    cfg = {"image_size": args.image_size, "steps": args.train_steps, "pdn_width": args.width,
+    cfg = {"device": args.device, "image_size": args.image_size, "steps": args.train_steps, "pdn_width": args.width,
            "out_channels": args.out_channels, "ae_latent": 32, "checkpoint_every": max(1, args.train_steps // 3)}
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "distill": {"steps": args.distill_steps, "wall_s": round(distill_wall, 1),

@@ -123,7 +123,7 @@ def _batch(ds, idx: torch.Tensor) -> torch.Tensor:
 def distill_pdn(source_id: str, params: dict[str, Any], steps: int, image_size: int, seed: int, out_path: Path | str,
                 *, batch_size: int = 16, lr: float = 1e-4, images: str | None = None, out_channels: int = 384,
                 width: float = 1.0, profile: str | None = None, teacher_id: str | None = None,
-                norm_batches: int = 8, work_dir: Path | None = None,
+                norm_batches: int = 8, work_dir: Path | None = None, device: str = "cpu",
                 log_metric: Callable[[str, float, int], None] = lambda n, v, s: None,
                 stop_after: int | None = None) -> list[float]:
     """Distil backbone ``source_id`` into a PDN-S; write the teacher file ``out_path``; return the loss curve.
@@ -131,7 +131,8 @@ def distill_pdn(source_id: str, params: dict[str, Any], steps: int, image_size: 
     Adam (lr 1e-4, weight decay 1e-5) on MSE to the channel-normalised targets, batch 16, 60,000 steps
     in the paper. Images: ``images`` kind of ``penalty.penalty_images`` (default: the profile's
     ``penalty_images``), loaded at 2x ``image_size`` for the backbone, downsampled for the PDN, random
-    greyscale p=0.1. Resumable: the run checkpoints to ``work_dir`` (default ``<out_path>.work/``)."""
+    greyscale p=0.1. Resumable: the run checkpoints to ``work_dir`` (default ``<out_path>.work/``).
+    ``device`` falls back to CPU when CUDA is unavailable."""
     profile = profile or params["profile"]
     images = images or params["profiles"][profile].get("penalty_images") or "imagenet"
     out_path = Path(out_path)
@@ -140,19 +141,20 @@ def distill_pdn(source_id: str, params: dict[str, Any], steps: int, image_size: 
     if ds is None:
         raise FileNotFoundError(f"PDN distillation images ({images}) unavailable: {img_prov['reason']}")
     source = provision(source_id, params, profile, seed)
-    target = BackboneTarget(source_id, load_module(source), out_channels, seed)
+    dev = torch.device(device if torch.cuda.is_available() else "cpu")
+    target = BackboneTarget(source_id, load_module(source), out_channels, seed).to(dev)
     g = seed_everything(seed)
     norm_g = torch.Generator().manual_seed(seed + 1)
-    target.fit_normalisation([_batch(ds, torch.randint(len(ds), (batch_size,), generator=norm_g))
+    target.fit_normalisation([_batch(ds, torch.randint(len(ds), (batch_size,), generator=norm_g)).to(dev)
                               for _ in range(norm_batches)])
-    pdn = build_module("pdn_s", {"out_channels": out_channels, "width": width})
+    pdn = build_module("pdn_s", {"out_channels": out_channels, "width": width}).to(dev)
     opt = torch.optim.Adam(pdn.parameters(), lr=lr, weight_decay=1e-5)
     history = LossHistory()
-    pdn_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    pdn_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pdn_mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    pdn_std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
 
     def step(i: int) -> dict[str, float]:
-        big = _batch(ds, torch.randint(len(ds), (batch_size,), generator=g))
+        big = _batch(ds, torch.randint(len(ds), (batch_size,), generator=g)).to(dev)
         small = F.interpolate(big, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
         t = target(big)
         pred = pdn((small - pdn_mean) / pdn_std)

@@ -15,11 +15,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
 
 from adrepro.config import resolve_path
 from adrepro.download import download, extract, verify
@@ -33,7 +33,7 @@ KINDS = ("imagenet", "cifar10_jpeg", "synthetic")
 
 
 def _to_tensor(img: Image.Image) -> torch.Tensor:
-    return pil_to_tensor(img.convert("RGB")).float() / 255
+    return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).float() / 255
 
 
 def _item_generator(seed: int, index: int) -> torch.Generator:

@@ -261,7 +261,7 @@ def provision(teacher_id: str, params: dict[str, Any], profile: str, seed: int =
         distill_pdn(source.partition(":")[2], params, steps=cfg["steps"], image_size=cfg["image_size"], seed=seed,
                     out_path=out, batch_size=cfg["batch_size"], lr=cfg["lr"], images=cfg["images"],
                     out_channels=kwargs["out_channels"], width=kwargs["width"], profile=profile,
-                    teacher_id=teacher_id)
+                    teacher_id=teacher_id, device=params["profiles"][profile].get("device", "cpu"))
         ckpt = read_teacher_file(out)
         prov = save_teacher_file(out, ckpt["arch"], ckpt["kwargs"], ckpt["state_dict"],
                                  dict(ckpt["provenance"], fingerprint=fingerprint))
