@@ -14,13 +14,6 @@ from adrepro.methods.efficientad.model import EfficientADAutoencoder, normalise_
 from adrepro.methods.efficientad.pdn import build_pdn
 from adrepro.training import Interrupted
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine are far faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = dict(image_size=32, steps=4, pdn_width=0.125, ae_latent=8, checkpoint_every=2, seed=0)

@@ -18,13 +18,6 @@ from adrepro.training import Interrupted, seed_everything
 TINY_VIT = dict(img_size=16, patch_size=8, embed_dim=12, depth=12, num_heads=2, num_classes=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: 1 intra-op thread is ~20x faster than 2 on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,6 @@ from adrepro.training import Interrupted
 TINY = {"vgg16": ("tiny_vgg", {"widths": [4, 8, 8, 8]}), "resnet18": ("tiny_resnet", {"widths": [4, 8, 8, 8]})}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: 1 intra-op thread is ~20x faster than 2 on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,6 @@ from adrepro.registry import VARIANTS
 PAPER_A = [v for v in VARIANTS if v.method == "efficientad"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _teacher(path) -> Teacher:

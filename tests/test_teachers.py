@@ -30,13 +30,6 @@ needs_lite = pytest.mark.skipif(not HAS_LITE,
 PROVENANCE_KEYS = {"id", "source", "sha256", "paper_teacher", "substitute_reason", "licence", "state_sha256"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: OpenMP spinning with 2 threads is up to 30x slower here than 1 thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -73,6 +73,39 @@ def load_images(data: Dataset, indices: list[int]) -> torch.Tensor:
     return torch.stack([data[i][0] for i in indices])
 
 
+def sgd_distill(method: Any, family: str, train: Dataset, ctx: FitContext, generator: torch.Generator, lr: float,
+                bs: int, steps: int, warmup: int, grad_clip: float) -> int:
+    """Paper B's optimiser (section 4.1: SGD with linear warm-up) around ``method.losses`` on the student,
+    driven by the resumable loop; shared by FCDViT and KDCNN. Returns the steps run in this call."""
+    params = [p for p in method.student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=float(method.cfg.get("momentum", 0.0)),
+                          weight_decay=float(method.cfg.get("weight_decay", 0.0)))
+    sched = warmup_scheduler(opt, warmup, steps, str(method.cfg.get("lr_schedule", "constant")))
+    sampler = EpochSampler(len(train), generator)
+    method.student.train()
+
+    def step_fn(step: int) -> dict[str, float]:
+        out = method.losses(method._prep(load_images(train, sampler.next(bs))))
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"{family} {ctx.exp_id}: loss {out['loss'].item()} at step {step}; "
+                                     f"lower cfg 'lr' ({lr}) or set cfg 'grad_clip' ({grad_clip})")
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        return {**{k: v.item() for k, v in out.items()}, "lr": opt.param_groups[0]["lr"]}
+
+    teacher_key = method.teacher.provenance.get("sha256") or method.teacher.id
+    return run_loop(total_steps=steps, step_fn=step_fn,
+                    state={"student": method.student, "anchors": method.anchors, "optimizer": opt,
+                           "scheduler": sched, "sampler": sampler},
+                    work_dir=ctx.work_dir, cfg_hash=config_hash({**method.cfg, "teacher": teacher_key}),
+                    generator=generator, checkpoint_every=int(method.cfg.get("checkpoint_every", 1000)),
+                    log_metric=ctx.log_metric, desc=f"{family} {ctx.exp_id}", stop_after=ctx.stop_after)
+
+
 def resolve_lr_batch(cfg: dict[str, Any], lr_default: float, batch_default: int) -> tuple[float, int]:
     """Paper B 4.1: MVTec AD uses its own lr/batch (cfg ``lr_mvtec``/``batch_size_mvtec``)."""
     lr, bs = float(cfg.get("lr", lr_default)), int(cfg.get("batch_size", batch_default))
@@ -172,34 +205,8 @@ class FCDViT(Method):
         lr, bs = resolve_lr_batch(self.cfg, 0.1, 32)
         steps = int(self.cfg.get("steps", 1000))
         warmup = int(self.cfg.get("warmup_steps", steps // 20))
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=float(self.cfg.get("momentum", 0.0)),
-                              weight_decay=float(self.cfg.get("weight_decay", 0.0)))
-        sched = warmup_scheduler(opt, warmup, steps, str(self.cfg.get("lr_schedule", "constant")))
         grad_clip = float(self.cfg.get("grad_clip", 1.0) or 0.0)
-        sampler = EpochSampler(len(train), generator)
-        self.student.train()
-
-        def step_fn(step: int) -> dict[str, float]:
-            out = self.losses(self._prep(load_images(train, sampler.next(bs))))
-            if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(f"fcd_vit {ctx.exp_id}: loss {out['loss'].item()} at step {step}; "
-                                         f"lower cfg 'lr' ({lr}) or set cfg 'grad_clip' ({grad_clip})")
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            return {**{k: v.item() for k, v in out.items()}, "lr": opt.param_groups[0]["lr"]}
-
-        teacher_key = self.teacher.provenance.get("sha256") or self.teacher.id
-        ran = run_loop(total_steps=steps, step_fn=step_fn,
-                       state={"student": self.student, "anchors": self.anchors, "optimizer": opt,
-                              "scheduler": sched, "sampler": sampler},
-                       work_dir=ctx.work_dir, cfg_hash=config_hash({**self.cfg, "teacher": teacher_key}),
-                       generator=generator, checkpoint_every=int(self.cfg.get("checkpoint_every", 1000)),
-                       log_metric=ctx.log_metric, desc=f"fcd_vit {ctx.exp_id}", stop_after=ctx.stop_after)
+        ran = sgd_distill(self, "fcd_vit", train, ctx, generator, lr, bs, steps, warmup, grad_clip)
         self.student.eval()
         flags = (("distill", self.use_distill), ("gram", self.use_gram), ("anchor", self.use_anchor))
         terms = [n for n, on in flags if on]

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from adrepro.training import config_hash, run_loop, seed_everything
+from adrepro.training import seed_everything
 
 from ..base import FitContext, Method, Teacher
-from ..fcd_vit.method import EpochSampler, load_images, teacher_file, warmup_scheduler
+from ..fcd_vit.method import sgd_distill, teacher_file
 from ..fcd_vit.model import AnchorBank, normalisation
 from .losses import anchor_loss, anchor_score, cnn_cls, mkdad_loss
 from .model import TappedCNN, build_cnn, default_taps
@@ -79,33 +79,7 @@ class KDCNN(Method):
         steps = int(self.cfg.get("steps", 1000))
         warmup = int(self.cfg.get("warmup_steps", 0))
         grad_clip = float(self.cfg.get("grad_clip", 0.0) or 0.0)
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=float(self.cfg.get("momentum", 0.0)),
-                              weight_decay=float(self.cfg.get("weight_decay", 0.0)))
-        sched = warmup_scheduler(opt, warmup, steps, str(self.cfg.get("lr_schedule", "constant")))
-        sampler = EpochSampler(len(train), generator)
-        self.student.train()
-
-        def step_fn(step: int) -> dict[str, float]:
-            out = self.losses(self._prep(load_images(train, sampler.next(bs))))
-            if not torch.isfinite(out["loss"]):
-                raise FloatingPointError(f"kd_cnn {ctx.exp_id}: loss {out['loss'].item()} at step {step}; "
-                                         f"lower cfg 'lr' ({lr}) or set cfg 'grad_clip'")
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            sched.step()
-            return {**{k: v.item() for k, v in out.items()}, "lr": opt.param_groups[0]["lr"]}
-
-        teacher_key = self.teacher.provenance.get("sha256") or self.teacher.id
-        ran = run_loop(total_steps=steps, step_fn=step_fn,
-                       state={"student": self.student, "anchors": self.anchors, "optimizer": opt,
-                              "scheduler": sched, "sampler": sampler},
-                       work_dir=ctx.work_dir, cfg_hash=config_hash({**self.cfg, "teacher": teacher_key}),
-                       generator=generator, checkpoint_every=int(self.cfg.get("checkpoint_every", 1000)),
-                       log_metric=ctx.log_metric, desc=f"kd_cnn {ctx.exp_id}", stop_after=ctx.stop_after)
+        ran = sgd_distill(self, "kd_cnn", train, ctx, generator, lr, bs, steps, warmup, grad_clip)
         self.student.eval()
         return {"steps": steps, "steps_this_call": ran, "lr": lr, "batch_size": bs, "backbone": self.backbone,
                 "arch": self.arch, "taps": ",".join(self.taps), "anchor": self.use_anchor,
