@@ -71,12 +71,22 @@ def _gate(args: Any) -> None:
 def _spread(args: Any) -> None:
     from .gate import seed_spread
 
-    rows = seed_spread(args.profile or load_params()["profile"])
+    profile = args.profile or load_params()["profile"]
+    rows = seed_spread(profile)
     for r in rows:
         print(f"{r['experiment']:44s} {r['auroc']:10s} n={r['seeds']} min={r['min']:.4f} max={r['max']:.4f} range={r['range']:.4f}")
     if rows:
         worst = max(rows, key=lambda r: r["range"])
         print(f"largest seed-to-seed range: {worst['range']:.4f} ({worst['experiment']} {worst['auroc']})")
+    if args.write:
+        from .gate import spread_path
+        from .results import write_json
+
+        data: dict[str, dict[str, float]] = {}
+        for r in rows:
+            data.setdefault(r["experiment"], {})[r["auroc"]] = round(r["range"], 4)
+        write_json(spread_path(profile), data)
+        print(f"wrote {spread_path(profile)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(func=_gate)
     s = sub.add_parser("spread", help="seed-to-seed AUROC spread of a profile run with several seeds")
     s.add_argument("--profile", choices=PROFILES)
+    s.add_argument("--write", action="store_true", help="save it as the gate's per-experiment tolerance")
     s.set_defaults(func=_spread)
     s = sub.add_parser("dvc-yaml", help="regenerate dvc.yaml from the registry")
     s.add_argument("--check", action="store_true")

@@ -21,18 +21,29 @@ def current(profile: str) -> dict[str, dict[str, float]]:
             for exp, m in runs.items() if m.get("status", "ok") == "ok"}
 
 
-def compare(base: dict[str, dict[str, float]], cur: dict[str, dict[str, float]], tolerance: float) -> list[dict[str, Any]]:
-    """One row per baseline AUROC: status ok | REGRESSION (drop > tolerance) | MISSING (no current value)."""
+def spread_path(profile: str) -> Path:
+    return BASELINE_DIR / f"{profile}.spread.json"
+
+
+def _seedless(exp: str) -> str:
+    return exp.rsplit("-s", 1)[0]
+
+
+def compare(base: dict[str, dict[str, float]], cur: dict[str, dict[str, float]], tolerance: float,
+            spread: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """One row per baseline AUROC: status ok | REGRESSION | MISSING (no current value). The allowed drop is
+    ``tolerance``, widened to the measured seed-to-seed range of that experiment's AUROC where one is known."""
     rows = []
+    spread = spread or {}
     for exp in sorted(base):
         for key, b in sorted(base[exp].items()):
+            tol = max(tolerance, spread.get(_seedless(exp), {}).get(key, 0.0))
             c = cur.get(exp, {}).get(key)
+            row = {"experiment": exp, "auroc": key, "baseline": b, "current": c, "delta": None, "tolerance": tol}
             if c is None:
-                rows.append({"experiment": exp, "auroc": key, "baseline": b, "current": None, "delta": None, "status": "MISSING"})
+                rows.append({**row, "status": "MISSING"})
                 continue
-            delta = c - b
-            rows.append({"experiment": exp, "auroc": key, "baseline": b, "current": c, "delta": delta,
-                         "status": "REGRESSION" if delta < -tolerance else "ok"})
+            rows.append({**row, "delta": c - b, "status": "REGRESSION" if c - b < -tol else "ok"})
     return rows
 
 
@@ -44,7 +55,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             return f"{v:+.4f}" if key == "delta" else f"{v:.4f}"
         return str(v)
 
-    headers = ["experiment", "auroc", "baseline", "current", "delta", "status"]
+    headers = ["experiment", "auroc", "baseline", "current", "delta", "tolerance", "status"]
     table = [[f(h, r[h]) for h in headers] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
@@ -59,7 +70,7 @@ def seed_spread(profile: str) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[float]] = {}
     for exp, aurocs in current(profile).items():
         for key, value in aurocs.items():
-            groups.setdefault((exp.rsplit("-s", 1)[0], key), []).append(value)
+            groups.setdefault((_seedless(exp), key), []).append(value)
     return [{"experiment": e, "auroc": k, "seeds": len(v), "min": min(v), "max": max(v), "range": max(v) - min(v)}
             for (e, k), v in sorted(groups.items()) if len(v) > 1]
 
@@ -75,9 +86,11 @@ def run(profile: str, tolerance: float, update: bool = False) -> int:
     if not path.is_file():
         print(f"[gate] no baseline {path}; create it with `adrepro gate --update`")
         return 2
-    rows = compare(read_json(path), cur, tolerance)
+    spread = read_json(spread_path(profile)) if spread_path(profile).is_file() else {}
+    rows = compare(read_json(path), cur, tolerance, spread)
     bad = [r for r in rows if r["status"] != "ok"]
-    print(f"[gate] profile {profile}: {len(rows)} AUROCs vs {path.relative_to(REPO_ROOT)} (tolerance {tolerance})")
+    print(f"[gate] profile {profile}: {len(rows)} AUROCs vs {path.relative_to(REPO_ROOT)} (tolerance {tolerance}, "
+          f"widened to the seed-to-seed range of {len(spread)} experiment(s) in {spread_path(profile).name})")
     print(format_table(bad if bad else rows))
     if bad:
         print(f"[gate] FAILED: {len(bad)} AUROC(s) dropped by more than {tolerance} or are missing")

@@ -27,3 +27,11 @@ def test_seed_spread_groups_seeds_of_one_experiment(monkeypatch):
     rows = gate.seed_spread("smoke")
     assert len(rows) == 1 and rows[0]["experiment"] == "v-p-c" and rows[0]["seeds"] == 3
     assert abs(rows[0]["range"] - 0.06) < 1e-9
+
+
+def test_measured_seed_spread_widens_the_tolerance_of_that_experiment_only():
+    base = {"v-p-c-s0": {"image": 0.80}, "w-p-c-s0": {"image": 0.80}}
+    cur = {"v-p-c-s0": {"image": 0.70}, "w-p-c-s0": {"image": 0.70}}
+    rows = {r["experiment"]: r for r in compare(base, cur, 0.05, spread={"v-p-c": {"image": 0.15}})}
+    assert rows["v-p-c-s0"]["status"] == "ok" and rows["v-p-c-s0"]["tolerance"] == 0.15
+    assert rows["w-p-c-s0"]["status"] == "REGRESSION" and rows["w-p-c-s0"]["tolerance"] == 0.05
