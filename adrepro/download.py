@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -104,11 +105,9 @@ def extract(archive: Path | str, dest: Path | str, record: dict | None = None) -
     archive, dest = Path(archive), Path(dest)
     if (dest / COMPLETE_MARKER).is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        name = archive.name.lower()
-        if name.endswith(".zip"):
+
+    def build(tmp: Path) -> None:
+        if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 bad = zf.testzip()
                 if bad:
@@ -122,7 +121,25 @@ def extract(archive: Path | str, dest: Path | str, record: dict | None = None) -
                 raise RuntimeError(f"{archive}: truncated or corrupt archive ({exc})") from exc
         if record is not None:
             (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
-        (tmp / COMPLETE_MARKER).write_text(archive.name + "\n")
+
+    return atomic_build(dest, build, archive.name + "\n")
+
+
+def atomic_build(dest: Path, build: Callable[[Path], None], stamp: str) -> Path:
+    """Run ``build(tmp)`` in a temp dir next to ``dest``, add the complete-marker (content ``stamp``), then
+    rename to ``dest``. An existing ``dest`` with the same stamp is reused; a failure leaves no ``dest`` that
+    looks complete. Raises NotADirectoryError when ``dest`` is a file."""
+    dest = Path(dest)
+    marker = dest / COMPLETE_MARKER
+    if marker.is_file() and marker.read_text() == stamp:
+        return dest
+    if dest.is_file():
+        raise NotADirectoryError(f"{dest}: is a file; expected a directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        build(tmp)
+        (tmp / COMPLETE_MARKER).write_text(stamp)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from adrepro.download import COMPLETE_MARKER
+from adrepro import download
 
 from .base import DataError
 
@@ -214,30 +210,8 @@ class SplitRecords:
 
 
 def atomic_build(dest: Path, build: Callable[[Path], None], stamp: str) -> Path:
-    """Run ``build(tmp)`` in a temp dir next to ``dest``, add the complete-marker (content ``stamp``),
-    then rename to ``dest``. An existing ``dest`` with the same stamp is reused; a failure leaves no
-    ``dest`` that looks complete."""
-    dest = Path(dest)
-    marker = dest / COMPLETE_MARKER
-    if marker.is_file() and marker.read_text() == stamp:
-        return dest
-    if dest.is_file():
-        raise DataError(f"{dest}: is a file; expected a directory for generated data")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    """``adrepro.download.atomic_build`` with the datasets' error type."""
     try:
-        build(tmp)
-        (tmp / COMPLETE_MARKER).write_text(stamp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+        return download.atomic_build(dest, build, stamp)
+    except NotADirectoryError as exc:
+        raise DataError(f"{exc} for generated data") from exc

@@ -139,7 +139,7 @@ class EfficientAD(Method):
 
     def fit(self, train: Dataset, val: Dataset | None, ctx: FitContext) -> dict[str, Any]:
         o, c = self.opt, self.out_channels
-        steps, s = int(o["steps"]), int(o["image_size"])
+        steps = int(o["steps"])
         generator = seed_everything(ctx.seed)
         self.model = m = self._build().to(self.device)
         images = self._load_images(train)

@@ -120,7 +120,21 @@ def teacher_file(teacher: Teacher | None, family: str) -> dict[str, Any]:
     return load_teacher_file(teacher.path)
 
 
-class FCDViT(Method):
+class StudentAnchorMethod(Method):
+    """Shared by paper B's families: a student distilled from a frozen teacher, plus an anchor bank."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.student is None:
+            self._build()
+        self.student.load_state_dict(state["student"])
+        self.anchors.load_state_dict(state["anchors"])
+        self.student.eval()
+
+    def inference_modules(self) -> list[torch.nn.Module]:
+        return [self.teacher_net, self.student]
+
+
+class FCDViT(StudentAnchorMethod):
     """Teacher and student: the same timm ViT; teacher pretrained and frozen, student random (seeded)."""
 
     family = "fcd_vit"
@@ -240,12 +254,3 @@ class FCDViT(Method):
         return {"student": self.student.state_dict(), "anchors": self.anchors.state_dict(),
                 "teacher_id": getattr(self.teacher, "id", None), "pos_strategy": self.pos_strategy}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.student is None:
-            self._build()
-        self.student.load_state_dict(state["student"])
-        self.anchors.load_state_dict(state["anchors"])
-        self.student.eval()
-
-    def inference_modules(self) -> list[torch.nn.Module]:
-        return [self.teacher_net, self.student]

@@ -15,14 +15,14 @@ from torch.utils.data import Dataset
 
 from adrepro.training import seed_everything
 
-from ..base import FitContext, Method, Teacher
-from ..fcd_vit.method import sgd_distill, teacher_file
+from ..base import FitContext, Teacher
+from ..fcd_vit.method import StudentAnchorMethod, sgd_distill, teacher_file
 from ..fcd_vit.model import AnchorBank, normalisation
 from .losses import anchor_loss, anchor_score, cnn_cls, mkdad_loss
 from .model import TappedCNN, build_cnn, default_taps
 
 
-class KDCNN(Method):
+class KDCNN(StudentAnchorMethod):
     family = "kd_cnn"
 
     def __init__(self, cfg: dict[str, Any], teacher: Teacher | None):
@@ -106,12 +106,3 @@ class KDCNN(Method):
         return {"student": self.student.state_dict(), "anchors": self.anchors.state_dict(),
                 "teacher_id": getattr(self.teacher, "id", None), "taps": self.taps}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.student is None:
-            self._build()
-        self.student.load_state_dict(state["student"])
-        self.anchors.load_state_dict(state["anchors"])
-        self.student.eval()
-
-    def inference_modules(self) -> list[torch.nn.Module]:
-        return [self.teacher_net, self.student]
