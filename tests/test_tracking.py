@@ -1,0 +1,36 @@
+"""MLflow: a failing stage leaves a FAILED run with its tags; `sync` logs each finished experiment once."""
+
+import json
+
+import mlflow
+
+from adrepro.config import load_params
+from adrepro.registry import experiments
+from adrepro.results import write_json
+from adrepro.tracking import History, log_failed, run_tags, sync
+
+
+def test_failed_stage_is_logged_as_failed_with_its_tags(mlflow_tmp):
+    exp = experiments(load_params(), "smoke")[0]
+    history = History()
+    history.log_metric("train/loss", 1.5, 0)
+    log_failed(exp, "train", run_tags(exp, {"id": "t", "paper_teacher": False}, "cpu"), {"cfg": {"lr": 1e-4}},
+               history, RuntimeError("disk full"))
+    runs = mlflow.search_runs(experiment_names=[f"adrepro-{exp.profile}"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["experiment"] == exp.id and runs[0].data.tags["failed_stage"] == "train"
+    assert runs[0].data.params["cfg.lr"] == "0.0001" and runs[0].data.metrics["train.loss"] == 1.5
+
+
+def test_sync_logs_finished_experiments_once(mlflow_tmp, tmp_path):
+    exp = experiments(load_params(), "smoke")[0]
+    mdir, rdir = tmp_path / "models", tmp_path / "results"
+    write_json(mdir / exp.id / "train.json", {"params": {"cfg": {"steps": 3}}, "tags": {"experiment": exp.id},
+                                              "history": [["train.loss", 0, 2.0], ["train.loss", 1, 1.0]]})
+    write_json(rdir / exp.id / "metrics.json", {"status": "ok", "auroc": {"image": 0.75, "pixel": None}, "steps": 3})
+    args = ([exp], lambda p, e: mdir / e, lambda p, e: rdir / e / "metrics.json", lambda p, e: tmp_path / "plots" / e)
+    assert sync(*args) == (1, 0)
+    assert sync(*args) == (0, 1)
+    run = mlflow.search_runs(experiment_names=[f"adrepro-{exp.profile}"], output_format="list")[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["auroc.image"] == 0.75
+    assert json.loads(json.dumps(run.data.params)) == {"cfg.steps": "3"}
