@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,3 @@ def not_runnable_reason(exp: Experiment) -> str | None:
 
 def profile_of(params: dict[str, Any], exp: Experiment) -> dict[str, Any]:
     return profile_config(params, exp.profile)
-
-
-def fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
