@@ -1,4 +1,4 @@
-"""params.yaml loading and early validation (bad input names the file and key, exits non-zero)."""
+"""params.yaml loading and validation against adrepro/schema.py (bad input names the file and key, exits non-zero)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import yaml
 from . import REPO_ROOT
 
 PARAMS_FILE = REPO_ROOT / "params.yaml"
-PROFILES = ("smoke", "paper", "offline")
-PROTOCOLS = ("loco", "mvtec_ad", "cifar10", "cifar100", "fmnist")
 
 
 class ConfigError(ValueError):
@@ -31,46 +29,34 @@ def load_params(path: Path | str | None = None) -> dict[str, Any]:
     return params
 
 
-def _require(mapping: Any, key: str, where: str, path: Path) -> Any:
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise ConfigError(f"{path}: missing key '{where}{key}'")
-    return mapping[key]
+def validate(params: Any, path: Path = PARAMS_FILE) -> None:
+    """Check the whole file against adrepro/schema.py; one ConfigError listing every problem by key path."""
+    from .schema import schema_errors
+
+    problems = schema_errors(params)
+    if problems:
+        lines = "\n".join(f"  {path.name}: {p}" for p in problems)
+        raise ConfigError(f"{path}: {len(problems)} invalid parameter(s):\n{lines}")
 
 
-def validate(params: dict[str, Any], path: Path = PARAMS_FILE) -> None:
-    profile = _require(params, "profile", "", path)
-    profiles = _require(params, "profiles", "", path)
-    if profile not in profiles:
-        raise ConfigError(f"{path}: profile '{profile}' is not defined under 'profiles' (known: {sorted(profiles)})")
-    tol = _require(_require(params, "gate", "", path), "tolerance", "gate.", path)
-    if not isinstance(tol, (int, float)) or not 0 <= tol < 1:
-        raise ConfigError(f"{path}: gate.tolerance must be a number in [0, 1), got {tol!r}")
-    _require(params, "paths", "", path)
-    for name, prof in profiles.items():
-        where = f"profiles.{name}."
-        protocols = _require(prof, "protocols", where, path)
-        for proto, spec in protocols.items():
-            if proto not in PROTOCOLS:
-                raise ConfigError(f"{path}: unknown protocol '{where}protocols.{proto}' (known: {list(PROTOCOLS)})")
-            for key in ("dataset", "categories", "seeds"):
-                _require(spec, key, f"{where}protocols.{proto}.", path)
-            if not spec["categories"] or not spec["seeds"]:
-                raise ConfigError(f"{path}: '{where}protocols.{proto}' needs at least one category and one seed")
-            if not all(isinstance(s, int) for s in spec["seeds"]):
-                raise ConfigError(f"{path}: '{where}protocols.{proto}.seeds' must be integers")
-        _require(prof, "teachers", where, path)
-        if prof.get("variants") is not None:
-            from .registry import VARIANTS_BY_ID
+def check_device(device: str, where: str) -> None:
+    """``device: cuda`` where CUDA is absent is an error, never a silent CPU run."""
+    import torch
 
-            unknown = [v for v in prof["variants"] if v not in VARIANTS_BY_ID]
-            if unknown:
-                raise ConfigError(f"{path}: unknown variant(s) {unknown} in '{where}variants' (known: {sorted(VARIANTS_BY_ID)})")
-        methods = _require(prof, "methods", where, path)
-        for method, cfg in methods.items():
-            for key in ("image_size", "steps"):
-                value = _require(cfg, key, f"{where}methods.{method}.", path)
-                if not isinstance(value, int) or value < 0:
-                    raise ConfigError(f"{path}: '{where}methods.{method}.{key}' must be a non-negative integer, got {value!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{PARAMS_FILE}: {where} is '{device}' but CUDA is not available here (torch "
+                          f"{torch.__version__}, CUDA build {torch.version.cuda}); set it to 'cpu' or run on a GPU")
+
+
+def determinism_mode(device: str) -> dict[str, Any]:
+    """What a result's bit-identity rests on: torch's deterministic-algorithms switch (warn-only, so CUDA ops
+    without a deterministic kernel still run) and whether a killed-and-resumed run is bit-identical (CPU only)."""
+    import torch
+
+    cpu = not str(device).startswith("cuda")
+    return {"device": str(device), "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "bit_identical_resume": "guaranteed (CPU)" if cpu else "not guaranteed (CUDA: nondeterministic kernels warn only)"}
 
 
 def profile_config(params: dict[str, Any], profile: str | None = None) -> dict[str, Any]:

@@ -61,3 +61,27 @@ def pixel_auroc(maps: list[torch.Tensor], masks: list[torch.Tensor]) -> float | 
         ys.append((g > 0.5).flatten().numpy())
         ss.append(m.flatten().float().numpy())
     return _auroc(np.concatenate(ys).astype(np.int64), np.concatenate(ss))
+
+
+def per_type_aurocs(scores: Sequence[float], labels: Sequence[int], types: Sequence[str]) -> dict[str, float | None]:
+    """Image AUROC of each anomaly type against the good test images only (MVTec AD defects, LOCO's two kinds);
+    ``{}`` when the test set has no good images. None for a type whose AUROC is undefined."""
+    s, y, t = np.asarray(scores, dtype=np.float64), np.asarray(labels), np.asarray(types)
+    if not (t == GOOD).any():
+        return {}
+    return {str(kind): _auroc(y[(t == GOOD) | (t == kind)], s[(t == GOOD) | (t == kind)])
+            for kind in sorted(set(t.tolist()) - {GOOD})}
+
+
+def per_type_pixel_aurocs(maps: list[torch.Tensor], masks: list[torch.Tensor], types: Sequence[str]
+                          ) -> dict[str, float | None]:
+    """Pixel AUROC of each anomaly type: every pixel of the good test images and of that type's images
+    (``maps``/``masks``/``types`` aligned, one per test image); ``{}`` without maps or good images."""
+    if not maps or len(maps) != len(types) or GOOD not in types:
+        return {}
+    good = [i for i, k in enumerate(types) if k == GOOD]
+    out: dict[str, float | None] = {}
+    for kind in sorted(set(types) - {GOOD}):
+        sel = good + [i for i, k in enumerate(types) if k == kind]
+        out[kind] = pixel_auroc([maps[i] for i in sel], [masks[i] for i in sel])
+    return out

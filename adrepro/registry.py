@@ -2,7 +2,9 @@
 
 Adding a variant is one ``Variant`` entry below. The active profile in params.yaml expands each
 variant over its protocols' categories and seeds into ``Experiment``s, which name DVC stages,
-result folders (``results/<profile>/<exp>/``) and MLflow runs.
+result folders (``results/<profile>/<exp>/``) and MLflow runs. A protocol's optional ``variants:`` map
+(params.yaml ``profiles.<p>.protocols.<proto>.variants``) picks the variants and seeds run there, including
+variants registered for it only under ``also`` (paper A on plain MVTec AD; the CNN family on every B protocol).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ class Variant:
     options: dict[str, Any] = field(default_factory=dict, hash=False)
     cells: tuple[Cell, ...] = ()
     teacher_role: str = ""  # key of profiles.<p>.teachers
+    also: tuple[str, ...] = ()  # further protocols it may run on, only where a profile lists it (protocols.<p>.variants)
 
 
 def _a(id_: str, title: str, cells: tuple[Cell, ...], **opts: Any) -> Variant:
     options = dict(dual_ae=False, srm=False, crm=False, sfm=False, csf=False, serial=False)
     options.update(opts)
-    return Variant(id_, "A", "efficientad", title, ("loco",), options, cells, teacher_role="pdn")
+    return Variant(id_, "A", "efficientad", title, ("loco",), options, cells, teacher_role="pdn", also=("mvtec_ad",))
 
 
 def _b(id_: str, title: str, protocols: tuple[str, ...], cells: tuple[Cell, ...], method: str = "fcd_vit", **opts: Any) -> Variant:
@@ -45,10 +48,11 @@ def _b(id_: str, title: str, protocols: tuple[str, ...], cells: tuple[Cell, ...]
         options = dict(distill=True, gram=True, anchor=True, pos_strategy=2)
         role = "vit"
     else:
-        options = dict(backbone="vgg16", anchor=False)
+        options = dict(backbone="vgg16", anchor=False, preset="mkdad")  # MKDAD as published (methods/kd_cnn)
         role = opts.get("backbone", "vgg16")
     options.update(opts)
-    return Variant(id_, "B", method, title, protocols, options, cells, teacher_role=role)
+    also = tuple(p for p in ALL_B if p not in protocols) if method == "kd_cnn" else ()
+    return Variant(id_, "B", method, title, protocols, options, cells, teacher_role=role, also=also)
 
 
 ALL_B = ("cifar10", "cifar100", "fmnist", "mvtec_ad")
@@ -75,7 +79,8 @@ VARIANTS: tuple[Variant, ...] = (
     _b("b-f4-distill", "ViT, L_distill only", ("mvtec_ad",), (Cell("F4", "ViT"),), gram=False, anchor=False),
     _b("b-f4-gram", "ViT, L_distill + L_Gram", ("mvtec_ad",), (Cell("F4", "ViT+LGram"), Cell("F5", "ViT")), anchor=False),
     _b("b-f7-pos1", "ViT FCD, pos. strategy 1 (student learns its own)", ("mvtec_ad",), (Cell("F7", "strategy 1"),), pos_strategy=1),
-    _b("b-f3-vgg", "VGG16 multi-layer KD (MKDAD-style)", ("cifar10", "mvtec_ad"), (Cell("F3", "VGG"), Cell("F5", "VGG")),
+    _b("b-f3-vgg", "VGG16 multi-layer KD (MKDAD-style)", ("cifar10", "mvtec_ad"),
+       (Cell("F3", "VGG"), Cell("F5", "VGG"), Cell("T1", "MKDAD"), Cell("T3", "MKDAD"), Cell("T4", "MKDAD")),
        method="kd_cnn", backbone="vgg16"),
     _b("b-f3-vgg-anchor", "VGG16 KD + L_anchor", ("cifar10", "mvtec_ad"), (Cell("F3", "VGG+Lanchor"), Cell("F5", "VGG+Lanchor")),
        method="kd_cnn", backbone="vgg16", anchor=True),
@@ -117,19 +122,51 @@ class Experiment:
         return cfg
 
 
+def protocol_seeds(v: Variant, protocol: str, spec: dict[str, Any] | None) -> list[int] | None:
+    """Seeds ``v`` runs with on ``protocol`` (None: not at all). Without ``protocols.<p>.variants`` every variant
+    registered for the protocol runs with its ``seeds``; with it, only the listed variants (which may include those
+    with the protocol in ``also``), each with its own seed list or, where null, the protocol's ``seeds``."""
+    if spec is None:
+        return None
+    listed = spec.get("variants")
+    if listed is None:
+        return list(spec["seeds"]) if protocol in v.protocols else None
+    if v.id not in listed:
+        return None
+    return list(listed[v.id] or spec["seeds"])
+
+
+def protocol_variant_errors(where: str, prof: dict[str, Any]) -> list[str]:
+    """``protocols.<p>.variants`` naming a variant unknown or not registered for that protocol."""
+    out = []
+    for proto, spec in (prof.get("protocols") or {}).items():
+        for vid in (spec or {}).get("variants") or {}:
+            v = VARIANTS_BY_ID.get(vid)
+            if v is None:
+                out.append(f"{where}.protocols.{proto}.variants: unknown variant '{vid}'")
+            elif proto not in (*v.protocols, *v.also):
+                out.append(f"{where}.protocols.{proto}.variants: variant '{vid}' is not registered for protocol "
+                           f"'{proto}' (registered: {', '.join((*v.protocols, *v.also))})")
+    return out
+
+
 def experiments(params: dict[str, Any] | None = None, profile: str | None = None) -> list[Experiment]:
     """Expand the registry for one profile (default: the active one)."""
     params = params or load_params()
     profile = profile or params["profile"]
     prof = profile_config(params, profile)
     allowed = prof.get("variants")  # optional subset of variant ids
+    errors = protocol_variant_errors(f"profiles.{profile}", prof)
+    if errors:
+        raise ConfigError(f"params.yaml: {errors[0]}")
     out: list[Experiment] = []
     for v in VARIANTS:
         if allowed is not None and v.id not in allowed:
             continue
-        for proto in v.protocols:
+        for proto in (*v.protocols, *v.also):
             spec = prof["protocols"].get(proto)
-            if spec is None:
+            seeds = protocol_seeds(v, proto, spec)
+            if seeds is None:
                 continue
             if v.method not in prof["methods"]:
                 raise ConfigError(f"params.yaml: profiles.{profile}.methods has no entry for '{v.method}' (needed by {v.id})")
@@ -137,7 +174,7 @@ def experiments(params: dict[str, Any] | None = None, profile: str | None = None
             if v.options.get("size", params.get("methods", {}).get(v.method, {}).get("size")) == "M":
                 teacher = prof["teachers"].get("pdn_m", teacher)
             for cat in spec["categories"]:
-                for seed in spec["seeds"]:
+                for seed in seeds:
                     eid = f"{v.id}-{proto}-{slug(str(cat))}-s{seed}"
                     out.append(Experiment(eid, v, profile, proto, spec["dataset"], str(cat), int(seed), teacher))
     ids = [e.id for e in out]

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, stdev
 from typing import Any
 
 import jinja2
 
-from . import REPO_ROOT
+from . import REPO_ROOT, claims
 from . import paper_values as pv
 from . import results as results_mod
+from .provenance import code_commits, data_text, provenance, short_sha, teacher_text
+from .provenance import join as _join
 from .registry import VARIANTS, VARIANTS_BY_ID, Variant
 
 REPORTS_DIR = REPO_ROOT / "reports"
 TEMPLATES_DIR = REPORTS_DIR / "templates"
-COMPARABLE_PROFILES = ("paper", "offline")  # compared with paper cells, in this order
+COMPARABLE_PROFILES = claims.COMPARABLE_PROFILES  # compared with paper cells, in this order
 SMOKE_TITLE = "Smoke runs (embedded data, random tiny teachers — not comparable)"
 PAPER_TITLES = {
     "A": "Paper A — Knowledge distillation based spatial channel dual autoencoders (Liang & Chen, JEMI)",
@@ -52,35 +54,6 @@ def _metric(m: dict[str, Any], key: str) -> float | None:
     return v
 
 
-def teacher_text(m: dict[str, Any]) -> str:
-    t = m.get("teacher") or {}
-    tid = t.get("id") or "?"
-    if t.get("paper_teacher") is False:
-        why = t.get("substitute_reason")
-        return f"{tid} ⚠ not the paper's teacher" + (f" ({why})" if why else "")
-    if t.get("paper_teacher") is None:
-        return f"{tid} (paper teacher: unknown)"
-    return tid
-
-
-def data_text(m: dict[str, Any]) -> str:
-    d = m.get("data") or {}
-    src = d.get("source") or m.get("dataset") or "?"
-    proto = d.get("protocol") or m.get("protocol") or "?"
-    flag = " ⚠ non-official data" if d.get("official") is False else ""
-    return f"{src} / {proto}{flag}"
-
-
-def short_sha(m: dict[str, Any]) -> str:
-    sha = str(m.get("git_sha") or "?")
-    base, _, dirty = sha.partition("-")
-    return base[:10] + (f"-{dirty}" if dirty else "")
-
-
-def _join(values: list[str]) -> str:
-    return "; ".join(dict.fromkeys(v for v in values if v))
-
-
 @dataclass
 class Reproduced:
     """One reproduced cell: how it reads, Δ against the paper, and where its numbers came from."""
@@ -96,15 +69,7 @@ class Reproduced:
 
     @property
     def provenance(self) -> dict[str, str]:
-        s = self.sources
-        return {
-            "experiments": _join([m.get("experiment", "?") for m in s]),
-            "seeds": _join([str(m.get("seed")) for m in s]),
-            "teacher": _join([teacher_text(m) for m in s]),
-            "data": _join([data_text(m) for m in s]),
-            "steps": _join([str(m.get("steps")) for m in s if m.get("steps") is not None]),
-            "git_sha": _join([short_sha(m) for m in s]),
-        }
+        return provenance(self.sources)
 
 
 class ResultIndex:
@@ -177,6 +142,7 @@ class Line:
     kind: str  # "paper" (reported only / paper values), "reproduced", "delta"
     tag: str
     cells: list[str]
+    titles: list[str] = field(default_factory=list)  # per cell: its provenance (HTML report tooltips)
 
 
 @dataclass
@@ -235,7 +201,8 @@ def _repro_lines(label: str, variants: list[Variant], protocol: str, specs: list
     """Reproduced and Δ lines of one row, one pair per comparable profile with results (else one 'not run' line)."""
     lines: list[Line] = []
     for idx in indexes or [None]:
-        cells, deltas = [], []
+        cells, deltas, scales = [], [], []
+        tips: dict[str, str] = {}
         for column, spec, paper_value, is_mean in specs:
             if spec is None:
                 cells.append("")
@@ -254,14 +221,20 @@ def _repro_lines(label: str, variants: list[Variant], protocol: str, specs: list
             deltas.append(r.delta)
             if r.status != "not_run":
                 prov = r.provenance
+                scales.append(prov["scale"])
                 why = _join(r.reasons)
                 shown = why if r.status == "not_runnable" else r.text
                 long_rows.append({"row": label, "column": column, "profile": idx.profile,
                                   "paper": paper_texts.get(column, "figure only"), "reproduced": shown,
                                   "delta": r.delta, "n": f"{r.n_done}/{r.n_total}",
-                                  "reason": "" if r.status == "not_runnable" else why, **prov})
+                                  "reason": "" if r.status == "not_runnable" else why, **prov,
+                                  "value": r.value, "paper_value": paper_value, "is_mean": is_mean})  # charts
+                tips[column] = (f"{idx.profile}: {prov['experiments']} · teacher {prov['teacher']} · data "
+                                f"{prov['data']} · scale {prov['scale'] or '—'} · git {prov['git_sha']}")
         tag = f"reproduced · {idx.profile}" if idx else "reproduced"
-        lines.append(Line("", "reproduced", tag, cells))
+        if _join(scales):
+            tag += f" ({_join(scales)})"
+        lines.append(Line("", "reproduced", tag, cells, [tips.get(c[0], "") for c in specs]))
         if idx is not None:
             lines.append(Line("", "delta", f"Δ pp · {idx.profile}", deltas))
     return lines
@@ -307,8 +280,14 @@ def figure_views(paper: str, table_headers: dict[str, list[str]], indexes: list[
         for cell in v.cells:
             if cell.table.startswith("F"):
                 figs.setdefault(cell.table, []).append((cell.row, v))
+    ran = {(k[0], k[1]) for idx in indexes for k in idx.by_key}
+
+    def shown(v: Variant, protocol: str) -> bool:
+        """The paper's protocols, and (paper B) an ``also`` protocol a comparable profile ran it on."""
+        return protocol in v.protocols or (paper == "B" and protocol in v.also and (v.id, protocol) in ran)
+
     for fig in sorted(figs, key=lambda f: int(f[1:])):
-        protocols = list(dict.fromkeys(p for _, v in figs[fig] for p in v.protocols))
+        protocols = list(dict.fromkeys(p for _, v in figs[fig] for p in (*v.protocols, *v.also) if shown(v, p)))
         for protocol in protocols:
             cats = list(pv.CATEGORY_COLUMNS[protocol])
             headers = table_headers.get(protocol) or [pv.column_for(protocol, c) for c in cats]
@@ -320,14 +299,16 @@ def figure_views(paper: str, table_headers: dict[str, list[str]], indexes: list[
             long_rows: list[dict[str, str]] = []
             reasons: list[str] = []
             for row, v in figs[fig]:
-                if protocol not in v.protocols:
+                if not shown(v, protocol):
                     continue
                 specs = [(c, _column_spec(paper, protocol, c, "mean" if "平均" in c else "value", cats), None,
                           "平均" in c) for c in columns]
                 lines.append(Line(row, "paper", f"paper: figure only · {v.id}", ["figure only"] * len(columns)))
                 lines += _repro_lines(row, [v], protocol, specs, indexes, long_rows, reasons, {})
             title = f"{FIGURE_TITLES.get((paper, fig), fig)} — {protocol}"
-            out.append(TableView(title, fig, ["row", *columns], lines, long_rows, [], reasons, FIGURE_COMMENT))
+            in_paper = any(protocol in v.protocols for _, v in figs[fig])
+            comment = FIGURE_COMMENT if in_paper else f"Not in the paper (its figure has no {protocol} panel): runs here only."
+            out.append(TableView(title, fig, ["row", *columns], lines, long_rows, [], reasons, comment))
     return out
 
 
@@ -347,7 +328,7 @@ def run_rows(profile: str, metrics: dict[str, dict[str, Any]], latency: dict[str
             "experiment": exp_id, "variant": str(m.get("variant", "?")), "status": str(m.get("status", "?")),
             "reason": str(m.get("reason") or ""), "dataset": f"{m.get('dataset', '?')}/{m.get('category', '?')}",
             "seed": str(m.get("seed", "?")), **_auroc_cells(m), "teacher": teacher_text(m), "data": data_text(m),
-            "steps": str(m.get("steps", "—")),
+            "steps": str(m.get("steps", "—")), "scale": provenance([m])["scale"],
             "latency_ms": f"{lat['latency_ms']:.2f}" if "latency_ms" in lat else "—",
             "throughput": f"{lat['throughput_img_s']:.1f}" if "throughput_img_s" in lat else "—",
             "git_sha": short_sha(m), "profile": profile,
@@ -389,6 +370,25 @@ def _load_latency(profile: str) -> dict[str, Any]:
     return results_mod.read_json(path) if path.is_file() else {}
 
 
+def analogue_rows(indexes: list[ResultIndex]) -> list[dict[str, str]]:
+    """Paper A's variants on plain MVTec AD (no paper cell: a structural analogue), seed mean ± sd per variant."""
+    out = []
+    for idx in indexes:
+        for (vid, proto, cat), runs in sorted(idx.by_key.items()):
+            v = VARIANTS_BY_ID[vid]
+            ok = [m for m in runs if m.get("status") == "ok"]
+            if v.paper != "A" or proto not in v.also or not ok:
+                continue
+            vals = [100 * m["auroc"]["image"] for m in ok if (m.get("auroc") or {}).get("image") is not None]
+            pix = [100 * m["auroc"]["pixel"] for m in ok if (m.get("auroc") or {}).get("pixel") is not None]
+            sd = f" ± {stdev(vals):.1f}" if len(vals) > 1 else ""
+            out.append({"profile": idx.profile, "variant": vid, "title": v.title, "category": cat,
+                        "image": f"{fmean(vals):.1f}{sd}" if vals else "—",
+                        "pixel": f"{fmean(pix):.1f}" if pix else "—",
+                        "n": str(len(vals)), **provenance(ok)})
+    return out
+
+
 def context(paper: str, all_results: dict[str, dict[str, dict[str, Any]]], cells: list[pv.PaperCell]) -> dict[str, Any]:
     indexes = [ResultIndex(p, all_results[p]) for p in COMPARABLE_PROFILES if p in all_results]
     tabs = pv.tables(cells)
@@ -420,7 +420,8 @@ def context(paper: str, all_results: dict[str, dict[str, dict[str, Any]]], cells
                            for p in others],
         "latency": [r for p in all_results for r in latency_rows(p, latencies[p], paper)],
         "latency_pairs": [r for p in all_results for r in latency_pairs(p, latencies[p])] if paper == "A" else [],
-        "errata": errata, "unmapped": unmapped,
+        "errata": errata, "unmapped": unmapped, "claims": claims.claim_rows(paper, all_results, cells),
+        "analogue": analogue_rows(indexes) if paper == "A" else [], "commits": code_commits(paper, all_results),
     }
 
 
@@ -437,16 +438,23 @@ def environment(templates: Path = TEMPLATES_DIR) -> jinja2.Environment:
 
 def render(out_dir: Path = REPORTS_DIR, templates: Path = TEMPLATES_DIR,
            paper_values_csv: Path = pv.CSV_PATH) -> list[Path]:
-    """Write ``paper_a.md`` and ``paper_b.md`` into ``out_dir`` from every profile's results; returns the paths."""
+    """Write ``paper_a.md``, ``paper_b.md``, their charts (``figures/``) and ``index.html`` into ``out_dir`` from
+    every profile's results; returns the paths of the reports."""
+    from . import figures, report_html  # they build on this module's view models
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = pv.load(paper_values_csv)
     all_results = results_mod.load_all()
     env = environment(templates)
+    contexts = {paper: context(paper, all_results, cells) for paper in ("A", "B")}
+    charts = figures.render(contexts, all_results, out_dir / figures.FIGURES)
     written = []
-    for paper in ("A", "B"):
-        text = env.get_template("paper.md.j2").render(**context(paper, all_results, cells))
+    for paper, ctx in contexts.items():
+        ctx["charts"] = charts[paper]
+        text = env.get_template("paper.md.j2").render(**ctx)
         path = out_dir / f"paper_{paper.lower()}.md"
         path.write_text(text, encoding="utf-8")
         written.append(path)
+    written.append(report_html.write(out_dir, contexts, templates))
     return written

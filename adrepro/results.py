@@ -3,14 +3,17 @@
 Schema (ARCHITECTURE.md "Result file"):
 {
   "experiment": id, "variant": id, "method": family, "paper": "A"|"B", "profile": ..., "protocol": ...,
-  "dataset": ..., "category": ..., "seed": int, "status": "ok" | "not_runnable",
+  "dataset": ..., "category": ..., "seed": int, "status": "ok" | "not_runnable" | "FAILED",
   "reason": str (only when not_runnable),
+  "failed_stage", "error", "previous": {...}   (only when FAILED: see ``write_failed``),
   "auroc": {"image": float|null, "logical": float|null, "structural": float|null, "mean_ls": float|null,
             "pixel": float|null},           # fractions in [0,1]; null where not applicable
   "steps": int, "train": {...method summary...},
   "teacher": {"id", "source", "sha256", "paper_teacher": bool, "substitute_reason"},
   "data": {"source", "protocol", "official": bool, "root", "counts", "notes"},
-  "device": ..., "torch": ..., "git_sha": ..., "mlflow_run_id": ...
+  "scale": {image_size, steps, ..., test_subset, n_test, n_test_full, teacher_distill} (adrepro/scores.py),
+  "device": ..., "torch": ..., "git_sha": ... ("-dirty": code outside NOT_CODE modified), "mlflow_run_id": ...
+Beside it: ``scores.csv.gz``, the per-image scores (adrepro/scores.py).
 }
 Latency lives in ``results/<profile>/latency.json`` keyed by experiment id (one stage times all).
 """
@@ -49,6 +52,29 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def identity(exp: Any) -> dict[str, Any]:
+    """The fields naming an experiment's result (registry ``Experiment``), with the code version."""
+    return {"experiment": exp.id, "variant": exp.variant.id, "method": exp.method, "paper": exp.variant.paper,
+            "profile": exp.profile, "protocol": exp.protocol, "dataset": exp.dataset, "category": exp.category,
+            "seed": exp.seed, "git_sha": git_sha()}
+
+
+def write_failed(path: Path, record: dict[str, Any], stage: str, error: BaseException) -> None:
+    """Mark a result FAILED (a stage of its experiment failed): no numbers, the stage and the error instead,
+    so the gate and the report see a failure rather than a stale "ok". The result it replaces is kept
+    whole under ``previous`` (and in git when committed); a chain of failures keeps the last good one."""
+    old: dict[str, Any] | None = None
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+    if old and old.get("status") == "FAILED":
+        old = old.get("previous")
+    write_json(path, {**record, "status": "FAILED", "failed_stage": stage, "error": str(error)[:2000],
+                      "auroc": {k: None for k in AUROC_KEYS}, **({"previous": old} if old else {})})
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
@@ -69,11 +95,18 @@ def load_all(profile: str | None = None) -> dict[str, dict[str, dict[str, Any]]]
     return out
 
 
-def git_sha() -> str:
+# tracked paths whose changes do not make a result's code "-dirty": parameters, the generated pipeline and lock,
+# results, reports and documentation (git pathspecs, relative to the project root)
+NOT_CODE = ("params.yaml", "dvc.yaml", "dvc.lock", "results", "reports", "docs", "*.md")
+
+
+def git_sha(root: Path = REPO_ROOT) -> str:
+    """HEAD's commit, with "-dirty" only when tracked code (anything outside ``NOT_CODE``) differs from it."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){p}" for p in NOT_CODE)], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -4,14 +4,19 @@ it is split into train / val / test (``load_splits``). Downloads happen only in 
 params.yaml keys read here (all optional except ``paths.data_root``):
   paths.data_root, paths.shared_data, paths.fashion_mnist        (existing)
   paths.mvtec_ad | mvtec_loco | cifar10 | cifar100 | elpv         a local directory (used in place) or
-                                                                   archive (verified, extracted); skips the network
+                                                                   archive (verified, extracted); skips the network;
+                                                                   configured but missing is an error, never a download
+  (a local copy or shared archive is a DVC dependency of `data@<name>` and is fingerprinted into its prepared.json)
   datasets.sources.<name>: {url, sha256} | [{file, url, sha256}]  mirror / pin override
   datasets.val_fraction: {mvtec_ad: 0.1, oneclass: 0.0, elpv: 0.1}
   datasets.allow_download: true
+  datasets.custom.<name>: {layout: mvtec_ad | mvtec_loco, path}   a user's own folder, used by its name like any
+                                                                   dataset above; always flagged non-official
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -134,10 +139,29 @@ DATASETS: dict[str, DatasetSpec] = {s.name: s for s in (
 )}
 
 
+# file counts of the official releases per category: (train/good, test) for MVTec AD, (train/good,
+# validation/good, test) for MVTec LOCO AD. A local folder of mvtec_ad / mvtec_loco that differs is non-official.
+OFFICIAL_COUNTS: dict[str, dict[str, tuple[int, ...]]] = {
+    "mvtec_ad": {"bottle": (209, 83), "cable": (224, 150), "capsule": (219, 132), "carpet": (280, 117),
+                 "grid": (264, 78), "hazelnut": (391, 110), "leather": (245, 124), "metal_nut": (220, 115),
+                 "pill": (267, 167), "screw": (320, 160), "tile": (230, 117), "toothbrush": (60, 42),
+                 "transistor": (213, 100), "wood": (247, 79), "zipper": (240, 151)},
+    "mvtec_loco": {"breakfast_box": (351, 62, 275), "juice_bottle": (335, 54, 330), "pushpins": (372, 69, 310),
+                   "screw_bag": (360, 60, 341), "splicing_connectors": (354, 59, 312)},
+}
+OFFICIAL_COUNTS["mvtec_ad_bottle_384"] = {"bottle": OFFICIAL_COUNTS["mvtec_ad"]["bottle"]}
+
+
 # ------------------------------------------------------------------ params helpers
-def _spec(name: str) -> DatasetSpec:
+def _spec(name: str, params: dict | None = None) -> DatasetSpec:
+    """A built-in dataset, or one the user declares in params.yaml ``datasets.custom.<name>: {layout, path}``."""
+    custom = ((params or {}).get("datasets") or {}).get("custom") or {}
+    if name in custom and name not in DATASETS:
+        c = custom[name]
+        return DatasetSpec(name, c["layout"], "custom", f"user data set (datasets.custom.{name}) at {c['path']}",
+                           c["layout"], extra={"path": str(c["path"])})
     if name not in DATASETS:
-        raise DataError(f"unknown dataset '{name}'; known: {sorted(DATASETS)}")
+        raise DataError(f"unknown dataset '{name}'; known: {sorted(DATASETS)} and datasets.custom: {sorted(custom)}")
     return DATASETS[name]
 
 
@@ -156,7 +180,13 @@ def _opts(params: dict) -> dict:
     return params.get("datasets") or {}
 
 
-def _val_fraction(params: dict, kind: str) -> float:
+def _val_fraction(params: dict, kind: str, override: float | None = None) -> float:
+    """Share of the normal training images held out as val: ``override`` (a method's own, e.g. paper B's 0),
+    else ``datasets.val_fraction.<kind>``, else the protocol default."""
+    if override is not None:
+        if not 0.0 <= float(override) < 1.0:
+            raise DataError(f"val_fraction must be in [0, 1), got {override!r} (params.yaml methods.<family>)")
+        return float(override)
     default = {"mvtec_ad": mvtec.MVTEC_AD_VAL_FRACTION, "oneclass": 0.0, "elpv": 0.1}[kind]
     return float((_opts(params).get("val_fraction") or {}).get(kind, default))
 
@@ -179,10 +209,48 @@ def _archives(spec: DatasetSpec, params: dict) -> tuple[Archive, ...]:
 
 
 def _local_override(spec: DatasetSpec, params: dict) -> Path | None:
+    """``paths.<path_key>``: a local copy used instead of any download. Configured but missing is an
+    error naming the key (never a silent fall-back to downloading)."""
     if not spec.path_key:
         return None
     value = _paths(params).get(spec.path_key)
-    return resolve_path(value) if value else None
+    if not value:
+        return None
+    path = resolve_path(value)
+    if not path.exists():
+        default = "download the pinned official archive" if spec.archives and spec.archives[0].url else \
+            "use the default source"
+        raise DataError(f"{spec.name} not found at {path}: params.yaml paths.{spec.path_key} names a path that does "
+                        f"not exist; fix it, or remove the key (or set it to null) to {default}")
+    return path
+
+
+def external_input(name: str, params: dict) -> str | None:
+    """The folder or archive outside the project that dataset ``name`` is read from, as params.yaml
+    writes it (the ``paths.<key>`` local copy, or the archive in ``paths.shared_data``); None for embedded,
+    downloaded and package data. dvcgen makes it a dependency of `data@<name>` (DVC hashes it)."""
+    spec = _spec(name, params)
+    paths = params.get("paths") or {}
+    if spec.source == "custom":
+        value = spec.extra["path"]
+    elif spec.source == "shared":
+        value = f"{str(paths['shared_data']).rstrip('/')}/{spec.archives[0].file}" if paths.get("shared_data") else None
+    else:
+        value = str(paths[spec.path_key]) if spec.path_key and paths.get(spec.path_key) else None
+    return str(Path(value).expanduser()) if value and value.startswith("~") else value
+
+
+def fingerprint(path: Path) -> dict:
+    """Identity of an external data folder or archive from its file list, sizes and mtimes (stat only,
+    about a second for 60k files): any edit, addition or removal changes ``sha256``."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest, total = hashlib.sha256(), 0
+    for f in files:
+        st = f.stat()
+        total += st.st_size
+        rel = f.name if f == path else f.relative_to(path).as_posix()
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"path": str(path), "files": len(files), "bytes": total, "sha256": digest.hexdigest()}
 
 
 def _read_record(folder: Path) -> dict:
@@ -275,6 +343,10 @@ def _fetch(spec: DatasetSpec, params: dict, dest: Path) -> dict:
 def _root(spec: DatasetSpec, params: dict, allow_network: bool) -> tuple[Path, dict]:
     """Make ``spec``'s data available and return (data folder, source info). Network only if allowed."""
     data_root = _data_root(params)
+    if spec.source == "custom":
+        path = resolve_path(spec.extra["path"])
+        require_dir(path, f"the folder of params.yaml datasets.custom.{spec.name}.path ({spec.kind} layout)")
+        return path, {"source": f"custom:{path}"}
     if spec.source == "embedded":
         if spec.name in ("synth_loco", "synth_mvtec"):
             seed = int(_opts(params).get("synth_seed", 0))
@@ -346,15 +418,17 @@ def _verify_fashion_content(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ public API
-def _records(spec: DatasetSpec, folder: Path, category: str, seed: int, params: dict) -> tuple[SplitRecords, Any]:
+def _records(spec: DatasetSpec, folder: Path, category: str, seed: int, params: dict,
+             val_fraction: float | None = None) -> tuple[SplitRecords, Any]:
     """(split records, array source or None) for one category of a prepared dataset."""
     if spec.kind == "mvtec_ad":
-        return mvtec.load_mvtec_ad(folder, category, seed, _val_fraction(params, "mvtec_ad")), None
+        return mvtec.load_mvtec_ad(folder, category, seed, _val_fraction(params, "mvtec_ad", val_fraction)), None
     if spec.kind in ("mvtec_loco", "mvtec_loco_partial"):
         proto = "partial" if spec.kind == "mvtec_loco_partial" else "official"
         return mvtec.load_mvtec_loco(folder, category, proto), None
     if spec.kind == "elpv":
-        return oneclass.elpv_records(folder / "labels.csv", category, seed, _val_fraction(params, "elpv")), None
+        vf = _val_fraction(params, "elpv", val_fraction)
+        return oneclass.elpv_records(folder / "labels.csv", category, seed, vf), None
     reader = spec.extra["reader"]
     display = None
     if reader == "digits":
@@ -372,7 +446,8 @@ def _records(spec: DatasetSpec, folder: Path, category: str, seed: int, params: 
     else:
         data = oneclass.read_image_tree(folder, spec.categories)
     names = data.names
-    recs = oneclass.one_class(data, category, names, seed, _val_fraction(params, "oneclass"), display)
+    vf = _val_fraction(params, "oneclass", val_fraction)
+    recs = oneclass.one_class(data, category, names, seed, vf, display)
     recs.info["protocol"] = "oneclass"
     return recs, data
 
@@ -380,7 +455,7 @@ def _records(spec: DatasetSpec, folder: Path, category: str, seed: int, params: 
 def prepare(name: str, params: dict, categories: list[str] | None = None) -> dict:
     """Make dataset ``name`` available on disk (generate, extract, or download + verify) and check that
     ``categories`` exist. Returns a JSON-able info dict; raises DataError naming path and expectation."""
-    spec = _spec(name)
+    spec = _spec(name, params)
     root, src = _root(spec, params, allow_network=True)
     folder = _data_folder(spec, root)
     available = list(spec.categories) if spec.categories else mvtec.categories(folder)
@@ -393,24 +468,65 @@ def prepare(name: str, params: dict, categories: list[str] | None = None) -> dic
         raise DataError(f"{folder}: categories {missing} of dataset '{name}' not found; available: {available}")
     info = {"dataset": name, "root": str(folder), "protocol": spec.protocol, "categories": available,
             "description": spec.description, **src}
+    ext = external_input(name, params)
+    if ext:  # the stage output changes with the external data, so every stage it feeds reruns
+        info["input_fingerprint"] = fingerprint(resolve_path(ext))
     write_json(prepared_dir(name, params) / PREPARED_RECORD, info)  # the DVC output data/<name>/ always exists
     return info
 
 
+def _val_source(spec: DatasetSpec, recs: SplitRecords, params: dict, val_fraction: float | None) -> str | None:
+    """Where the val images come from, exactly (e.g. EfficientAD's map quantiles): None without a val split."""
+    if not recs.val:
+        return None
+    n = len(recs.val)
+    if spec.kind == "mvtec_loco":
+        return f"validation/good ({n} images)"
+    if spec.kind == "mvtec_loco_partial":
+        return f"validation/good ({n} of {recs.info['validation_good_total']} images; the others are test normals)"
+    kind = spec.kind if spec.kind in ("mvtec_ad", "elpv") else "oneclass"
+    where = "train/good" if spec.kind == "mvtec_ad" else "the normal training images"
+    return f"hold-out of {where} ({_val_fraction(params, kind, val_fraction):.0%}, {n} images)"
+
+
+def non_official_reason(spec: DatasetSpec, category: str, recs: SplitRecords, info: dict) -> str | None:
+    """Why the data of one category is not the official release (None: it is): a user's folder, generated
+    data, a non-official split or re-encoding, or MVTec file counts that differ from ``OFFICIAL_COUNTS``."""
+    if spec.source == "custom":
+        return f"user data set (params.yaml datasets.custom.{spec.name}), not an official release"
+    if spec.source == "embedded":
+        return "generated data (datasets/synth.py or scikit-learn's digits), not an official release"
+    if not info["official"]:
+        return info.get("notes") or "non-official protocol or copy"
+    if spec.name not in OFFICIAL_COUNTS:
+        return None
+    want = OFFICIAL_COUNTS[spec.name].get(category)
+    if want is None:
+        return f"category '{category}' is not part of the official {spec.name} release"
+    have = (recs.info["train_good_total"], len(recs.test)) if spec.kind == "mvtec_ad" else \
+        (len(recs.train), recs.info["validation_good_total"], len(recs.test))
+    if tuple(have) != want:
+        names = ("train/good", "test") if spec.kind == "mvtec_ad" else ("train/good", "validation/good", "test")
+        diff = ", ".join(f"{n} {h} (official {w})" for n, h, w in zip(names, have, want) if h != w)
+        return f"file counts differ from the official {spec.name} release ({category}): {diff}"
+    return None
+
+
 def prepared_dir(name: str, params: dict) -> Path:
     """``<paths.data_root>/<name>``: everything ``prepare`` makes for ``name`` lives here (DVC output)."""
-    return _data_root(params) / _spec(name).name
+    return _data_root(params) / _spec(name, params).name
 
 
-def load_splits(name: str, category: str, image_size: int, seed: int, params: dict) -> Splits:
+def load_splits(name: str, category: str, image_size: int, seed: int, params: dict,
+                val_fraction: float | None = None) -> Splits:
     """Train (normal only), val (normal, for map normalisation; None where the protocol has none) and
     test (labels, masks where they exist, meta.anomaly_type) of one category. Never downloads: data
     that is embedded or in ``paths.shared_data`` is made available on the fly, official data must have
-    been ``prepare``d."""
-    spec = _spec(name)
+    been ``prepare``d. ``val_fraction`` (a method's cfg key) replaces ``datasets.val_fraction.<kind>``."""
+    spec = _spec(name, params)
     root, src = _root(spec, params, allow_network=False)
     folder = _data_folder(spec, root)
-    recs, data = _records(spec, folder, category, seed, params)
+    recs, data = _records(spec, folder, category, seed, params, val_fraction)
 
     def ds(records):
         if records is None:
@@ -429,4 +545,9 @@ def load_splits(name: str, category: str, image_size: int, seed: int, params: di
     if name == "cifar10_jpeg":
         info["official"] = False
         info["notes"] += "; JPEG q75 re-encoding of CIFAR-10 (pixels differ slightly from the official pickles)"
+    info["val_source"] = _val_source(spec, recs, params, val_fraction)
+    why = non_official_reason(spec, category, recs, info)
+    info["official"] = why is None
+    if why:
+        info["non_official_reason"] = why
     return Splits(ds(recs.train), ds(recs.val), ds(recs.test), info)

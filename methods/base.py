@@ -43,7 +43,10 @@ class Method(abc.ABC):
     def __init__(self, cfg: dict[str, Any], teacher: Teacher | None):
         self.cfg = cfg
         self.teacher = teacher
-        self.device = torch.device(cfg.get("device", "cpu") if torch.cuda.is_available() else "cpu")
+        from adrepro.config import check_device
+
+        check_device(cfg.get("device", "cpu"), f"{self.family}: device")  # never a silent CPU fallback
+        self.device = torch.device(cfg.get("device", "cpu"))
 
     @abc.abstractmethod
     def fit(self, train: Dataset, val: Dataset | None, ctx: FitContext) -> dict[str, Any]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from adrepro import REPO_ROOT
 from adrepro.config import ConfigError, load_params, profile_config, resolve_path
 from adrepro.methods.base import Teacher
@@ -58,7 +56,10 @@ def load_teacher(params: dict[str, Any], exp: Experiment) -> Teacher | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: teacher '{exp.teacher_id}' not provisioned; run `dvc repro` "
                                 f"(stage teacher@{exp.teacher_id}) or `adrepro provision-teacher {exp.teacher_id}`")
-    prov = torch.load(path, map_location="cpu", weights_only=False).get("provenance", {})
+    from adrepro.methods.teachers import read_teacher_file
+
+    # refuses a corrupt file or weights edited since provisioning (state_sha256), naming the file and both hashes
+    prov = read_teacher_file(path)["provenance"]
     return Teacher(exp.teacher_id, path, prov)
 
 

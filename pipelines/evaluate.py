@@ -1,36 +1,45 @@
-"""Stage `evaluate@<exp>`: score the test split; write results/<profile>/<exp>/metrics.json and the ROC curve
-and anomaly-map montage to plots/<profile>/<exp>/ (the `track` stage logs them to MLflow)."""
+"""Stage `evaluate@<exp>`: score the test split; write results/<profile>/<exp>/metrics.json, and the ROC curve,
+score histograms, extremes montage and plot data (adrepro/plots.py) to plots/<profile>/<exp>/ (the `track` stage
+logs the PNGs to MLflow; `dvc plots show` reads the CSVs)."""
 
 from __future__ import annotations
 
+import math
 import platform
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 from tqdm.auto import tqdm  # noqa: E402
 
 from adrepro.datasets.base import collate  # noqa: E402
 from adrepro.datasets.registry import load_splits  # noqa: E402
 from adrepro.methods.base import build_method  # noqa: E402
-from adrepro.metrics import image_aurocs, pixel_auroc, roc_curve  # noqa: E402
-from adrepro.results import git_sha, metrics_path, write_json  # noqa: E402
-from adrepro.tracking import log_failed, run_tags  # noqa: E402
+from adrepro.metrics import image_aurocs, per_type_aurocs, per_type_pixel_aurocs, pixel_auroc  # noqa: E402
+from adrepro.config import profile_config  # noqa: E402
+from adrepro import plots as expplots  # noqa: E402
+from adrepro.results import identity, metrics_path, read_json, write_json  # noqa: E402
+from adrepro.scores import SCORES_FILE, image_ref, scale_record, test_subset, write_scores  # noqa: E402
+from adrepro.tracking import clean_exit, log_failed, run_tags  # noqa: E402
+from adrepro.training import NonFiniteError  # noqa: E402
 
 from .common import load_experiment, load_teacher, model_dir, not_runnable_reason, plots_dir  # noqa: E402
+from .train import lr_knob, record_failure  # noqa: E402
 
 BATCH = 16
 
 
-def score(method: Any, dataset: Any) -> tuple[list[float], list[int], list[str], list, list]:
+def score(method: Any, dataset: Any, parts: dict[str, list[float]] | None = None
+          ) -> tuple[list[float], list[int], list[str], list, list]:
+    """Scores, labels, types, maps, masks of ``dataset``; with ``parts``, a method's score parts (its optional
+    ``predict_with_parts``, e.g. paper B's S_D and eq. 7's teacher/student terms) are appended there per image."""
     scores, labels, types, maps, masks = [], [], [], [], []
+    with_parts = getattr(method, "predict_with_parts", None) if parts is not None else None
     idx = list(range(len(dataset)))
     for start in tqdm(range(0, len(idx), BATCH), desc="evaluate", mininterval=2.0, leave=False):
         images, y, m, meta = collate([dataset[i] for i in idx[start:start + BATCH]])
-        s, amap = method.predict(images)
+        s, amap, p = with_parts(images) if with_parts else (*method.predict(images), {})
+        for name, values in p.items():
+            parts.setdefault(name, []).extend(values.float().tolist())
         scores += s.float().tolist()
         labels += y.tolist()
         types += [d["anomaly_type"] for d in meta]
@@ -40,39 +49,32 @@ def score(method: Any, dataset: Any) -> tuple[list[float], list[int], list[str],
     return scores, labels, types, maps, masks
 
 
-def _roc_figure(scores: list[float], labels: list[int], title: str) -> Any:
-    fpr, tpr = roc_curve(labels, scores)
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot(fpr, tpr, lw=1.5)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.5)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    fig.tight_layout()
-    return fig
+def score_parts_summary(parts: dict[str, list[float]], labels: list[int], types: list[str]) -> dict[str, Any]:
+    """Per score part: its AUROC alone and its mean on normal / anomalous test images (metrics.json
+    ``score_parts``), so an anchor gain (S_A's teacher term) is told apart from a student that learned nothing."""
+    out: dict[str, Any] = {}
+    for name, values in parts.items():
+        by = {y: [v for v, lab in zip(values, labels) if lab == y] for y in (0, 1)}
+        out[name] = {"auroc": image_aurocs(values, labels, types)["image"],
+                     **{f"mean_{k}": (sum(by[y]) / len(by[y]) if by[y] else None)
+                        for k, y in (("normal", 0), ("anomalous", 1))}}
+    return out
 
 
-def _montage(method: Any, dataset: Any, n: int = 6) -> Any:
-    """First anomalous and normal test images with their anomaly maps."""
-    picks = [i for i in range(len(dataset)) if dataset[i][1] == 1][: n // 2]
-    picks += [i for i in range(len(dataset)) if dataset[i][1] == 0][: n - len(picks)]
-    images, _, _, meta = collate([dataset[i] for i in picks])
-    scores, maps = method.predict(images)
-    fig, axes = plt.subplots(2, len(picks), figsize=(2 * len(picks), 4.2), squeeze=False)
-    for j in range(len(picks)):
-        axes[0, j].imshow(images[j].permute(1, 2, 0).clamp(0, 1).numpy())
-        axes[0, j].set_title(f"{meta[j]['anomaly_type'][:14]}\n{float(scores[j]):.3g}", fontsize=7)
-        axes[1, j].imshow(maps[j].float().numpy(), cmap="jet")
-        for ax in axes[:, j]:
-            ax.axis("off")
-    fig.tight_layout()
-    return fig
+def check_finite(scores: list[float], maps: list, culprit: str) -> None:
+    """Non-finite scores or maps are a failed evaluation, never a number (an AUROC of NaN scores is 0.5)."""
+    bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+    bad_maps = sum(not bool(torch.isfinite(m).all()) for m in maps)
+    if bad or bad_maps:
+        first = f" (first: test item {bad[0]})" if bad else ""
+        raise NonFiniteError(f"evaluate: {len(bad)} of {len(scores)} image scores{first} and {bad_maps} of {len(maps)} "
+                             f"anomaly maps are non-finite; likely culprit: {culprit}")
 
 
 def run(exp_id: str) -> dict[str, Any]:
     params, exp, cfg = load_experiment(exp_id)
     mdir = model_dir(exp.profile, exp.id)
-    base = {"experiment": exp.id, "variant": exp.variant.id, "method": exp.method, "paper": exp.variant.paper,
-            "profile": exp.profile, "protocol": exp.protocol, "dataset": exp.dataset, "category": exp.category,
-            "seed": exp.seed, "git_sha": git_sha()}
+    base = identity(exp)
     reason = not_runnable_reason(exp)
     if reason:
         result = {**base, "status": "not_runnable", "reason": reason,
@@ -80,36 +82,54 @@ def run(exp_id: str) -> dict[str, Any]:
                   "teacher": {"id": exp.teacher_id, "paper_teacher": None}}
         write_json(metrics_path(exp.profile, exp.id), result)
         return result
-    saved = torch.load(mdir / "model.pt", map_location="cpu", weights_only=False)
-    tags = run_tags(exp, saved["teacher"], str(cfg.get("device", "cpu")))
+    tags = run_tags(exp, None, str(cfg.get("device", "cpu")))
     try:
+        saved = torch.load(mdir / "model.pt", map_location="cpu", weights_only=False)
+        tags = run_tags(exp, saved["teacher"], str(cfg.get("device", "cpu")))
         method = build_method(exp.method, cfg, load_teacher(params, exp))
         method.load_state_dict(saved["state"])
         for m in method.inference_modules():
             m.to(method.device).eval()
-        splits = load_splits(exp.dataset, exp.category, cfg["image_size"], exp.seed, params)
+        splits = load_splits(exp.dataset, exp.category, cfg["image_size"], exp.seed, params,
+                             val_fraction=cfg.get("val_fraction"))  # paper B: its own (0: all of train/good)
+        prof = profile_config(params, exp.profile)
+        test = test_subset(splits.test, (prof["protocols"][exp.protocol] or {}).get("test_subset"))
+        parts: dict[str, list[float]] = {}
         with torch.inference_mode():
-            scores, labels, types, maps, masks = score(method, splits.test)
+            scores, labels, types, maps, masks = score(method, test, parts)
+        check_finite(scores, maps, f"{mdir / 'model.pt'} (retrain; {lr_knob(params, exp, cfg)})")
         auroc = image_aurocs(scores, labels, types)
         auroc["pixel"] = pixel_auroc(maps, masks) if maps else None
+        if exp.protocol in ("mvtec_ad", "loco"):  # each defect type against the good test images
+            auroc["per_type"] = per_type_aurocs(scores, labels, types)
+            auroc["pixel_per_type"] = per_type_pixel_aurocs(maps, masks, types) if len(maps) == len(types) else {}
         result = {**base, "status": "ok", "auroc": auroc, "steps": saved["summary"].get("steps"),
                   "train": saved["summary"], "teacher": saved["teacher"], "data": saved["data"],
                   "n_test": len(labels), "device": str(method.device), "torch": torch.__version__,
-                  "python": platform.python_version()}
+                  "python": platform.python_version(), "determinism": saved["summary"].get("determinism"),
+                  "scale": scale_record(cfg, prof, exp.protocol, len(labels), len(splits.test),
+                                        saved["teacher"])}
+        if parts:
+            result["score_parts"] = score_parts_summary(parts, labels, types)
         plots = plots_dir(exp.profile, exp.id)
         plots.mkdir(parents=True, exist_ok=True)
-        _roc_figure(scores, labels, exp.id).savefig(plots / "roc_curve.png", dpi=80)
-        if maps:
-            with torch.inference_mode():
-                _montage(method, splits.test).savefig(plots / "anomaly_maps.png", dpi=80)
-        plt.close("all")
+        expplots.write_roc(plots, labels, scores, exp.id)
+        expplots.write_histogram(plots, labels, scores, exp.id)
+        with torch.inference_mode():
+            expplots.write_montage(plots, method, test, labels, scores, types, maps)
+        expplots.write_train_curve(plots, read_json(mdir / "train.json").get("history", []))
+        mpath = metrics_path(exp.profile, exp.id)
+        write_scores(mpath.parent / SCORES_FILE, [image_ref(r.meta, exp.dataset, splits.info.get("root"))
+                                                  for r in test.records], labels, types, scores)
+        write_json(mpath, result)
     except BaseException as exc:
         log_failed(exp, "evaluate", tags, {"cfg": cfg}, None, exc)
+        record_failure(exp, "evaluate", exc)
         raise
-    write_json(metrics_path(exp.profile, exp.id), result)
     return result
 
 
 def main(args: Any) -> None:
-    r = run(args.experiment)
+    with clean_exit():
+        r = run(args.experiment)
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r["auroc"].items()})

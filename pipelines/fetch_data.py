@@ -6,6 +6,7 @@ from typing import Any
 
 from adrepro.config import load_params, profile_config
 from adrepro.datasets.registry import prepare
+from adrepro.tracking import failed_stage
 
 from .common import check_dvc_profile
 
@@ -22,5 +23,7 @@ def categories_for(params: dict[str, Any], dataset: str) -> list[str]:
 def main(args: Any) -> None:
     params = load_params()
     check_dvc_profile(params)
-    info = prepare(args.dataset, params, categories_for(params, args.dataset))
+    config = {"paths": params.get("paths"), "datasets": params.get("datasets"), "dataset": args.dataset}
+    with failed_stage("data", params["profile"], args.dataset, config):
+        info = prepare(args.dataset, params, categories_for(params, args.dataset))
     print(f"[data] {args.dataset}: {info}")

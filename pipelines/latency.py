@@ -12,6 +12,7 @@ from adrepro.latency import measure
 from adrepro.methods.base import build_method
 from adrepro.registry import experiments
 from adrepro.results import latency_path, write_json
+from adrepro.tracking import failed_stage
 
 from .common import check_dvc_profile, load_teacher, model_dir
 
@@ -37,4 +38,6 @@ def run(profile: str | None = None) -> dict[str, Any]:
 
 
 def main(args: Any) -> None:
-    run()
+    params = load_params()
+    with failed_stage("latency", params["profile"], params["profile"], {"latency": profile_config(params)["latency"]}):
+        run()

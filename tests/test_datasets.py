@@ -200,7 +200,8 @@ def test_loco_official_layout_merges_mask_folders(tmp_path):
     loco_tree(tmp_path / "loco", "box")
     p = params_for(tmp_path / "d", mvtec_loco=tmp_path / "loco")
     s = load_splits("mvtec_loco", "box", 48, 0, p)
-    assert s.info["official"] is True and len(s.val) == 6
+    assert s.info["official"] is False and len(s.val) == 6  # a copy whose counts are not the release's
+    assert s.info["non_official_reason"] == "category 'box' is not part of the official mvtec_loco release"
     assert s.info["counts"]["test"] == {"good": 4, "logical_anomalies": 3, "structural_anomalies": 2}
     _, label, mask, meta = s.test[4]
     assert label == 1 and meta["anomaly_type"] == "logical_anomalies"

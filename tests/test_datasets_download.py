@@ -113,7 +113,7 @@ def test_fashion_mnist_download_four_files(tmp_path, server):
         files[f"{split}-images-idx3-ubyte.gz"] = idx_gz(rng.integers(0, 256, (n, 28, 28)))
         files[f"{split}-labels-idx1-ubyte.gz"] = idx_gz(np.arange(n) % 10)
     server.files.update(files)
-    p = params_for(tmp_path / "d", fashion_mnist=tmp_path / "none")
+    p = params_for(tmp_path / "d", fashion_mnist=None)  # not configured: download (a missing path is an error)
     p["datasets"] = {"sources": {"fashion_mnist": [{"file": f, "url": server.url + f, "sha256": sha256(b)}
                                                    for f, b in files.items()]}}
     prepare("fashion_mnist", p, ["Bag"])

@@ -9,7 +9,7 @@ import torch
 
 from adrepro.methods.base import FitContext, Teacher
 from adrepro.methods.efficientad import losses as L
-from adrepro.methods.efficientad.method import EfficientAD
+from adrepro.methods.efficientad.method import EfficientAD, ImageSampler
 from adrepro.methods.efficientad.model import EfficientADAutoencoder, normalise_map, pdn_output_size
 from adrepro.methods.efficientad.pdn import build_pdn
 from adrepro.training import Interrupted
@@ -35,8 +35,9 @@ class Images(torch.utils.data.Dataset):
 def teacher_file(path, arch="pdn_s", out_channels=16, width=0.125, seed=0) -> Teacher:
     torch.manual_seed(seed)
     net = build_pdn("S" if arch == "pdn_s" else "M", out_channels, width)
-    torch.save({"arch": arch, "kwargs": {"out_channels": out_channels, "width": width},
-                "state_dict": net.state_dict(), "provenance": {"id": "random"}}, path)
+    from adrepro.methods.teachers.provision import save_teacher_file  # records state_sha256 (checked on load)
+
+    save_teacher_file(path, arch, {"out_channels": out_channels, "width": width}, net.state_dict(), {"id": "random"})
     return Teacher("random_pdn", path, {"paper_teacher": False})
 
 
@@ -60,10 +61,15 @@ def test_pdn_parameter_counts_match_layer_shapes():
     assert s == 2_694_144
     assert _n(build_pdn("S")) == s
     assert _n(build_pdn("S", 768)) == s - (256 * 384 * 16 + 384) + (256 * 768 * 16 + 768)
-    # PDN-M: 4x4 3->256, 4x4 256->512, 1x1 512->512, 3x3 512->512, 4x4 512->384, 1x1 384->384
+    # PDN-M teacher: 4x4 3->256, 4x4 256->512, 1x1 512->512, 3x3 512->512, 4x4 512->384, 1x1 384->384
     m = ((3 * 256 * 16 + 256) + (256 * 512 * 16 + 512) + (512 * 512 + 512) + (512 * 512 * 9 + 512)
          + (512 * 384 * 16 + 384) + (384 * 384 + 384))
     assert _n(build_pdn("M")) == m == 8_026_624
+    # PDN-M student (EfficientAD: the last two convs carry the doubled output): ... 4x4 512->768, 1x1 768->768
+    ms = m - (512 * 384 * 16 + 384) - (384 * 384 + 384) + (512 * 768 * 16 + 768) + (768 * 768 + 768)
+    student = build_pdn("M", 768)
+    assert _n(student) == ms == 11_615_488
+    assert (student[-3].in_channels, student[-3].out_channels, student[-1].in_channels) == (512, 768, 768)
 
 
 def test_pdn_and_autoencoder_output_sizes_at_256():
@@ -108,7 +114,7 @@ def test_normalise_map_sends_q_a_to_0_and_q_b_to_0_1():
 
 def test_fit_quantiles_come_from_validation_maps(tmp_path):
     method, summary = fit(tmp_path)
-    assert summary["quantiles_from"] == "validation/good"
+    assert summary["quantiles_from"] == "validation set (3 images)"  # no val_source in ctx.extra: counted
     assert summary["teacher_norm"] == "train mean/std" and summary["steps"] == TINY["steps"]
     m = method.model
     val = Images(3, 32, 2).x
@@ -156,7 +162,51 @@ def test_predict_maps_have_the_input_size_and_state_round_trips(tmp_path):
 def test_penalty_off_and_no_validation_are_recorded(tmp_path):
     _, summary = fit(tmp_path, penalty=False, val=False)
     assert summary["penalty"] == "off (no penalty images)"
-    assert summary["quantiles_from"] == "train (no validation set)"
+    assert summary["quantiles_from"] == "train/good (6 training images; no validation set)"
+    assert summary["sampling"] == "shuffle" and "sfm_in_ta" not in summary  # no SFM in the baseline
+
+
+# ---- training-image sampling ----
+def test_shuffle_sampling_visits_each_image_once_per_epoch_and_resumes_statelessly():
+    n, g = 5, torch.Generator().manual_seed(0)
+    sampler = ImageSampler(n, "shuffle", seed=3, generator=g)
+    state = g.get_state()
+    order = [sampler.index(step) for step in range(3 * n)]
+    assert torch.equal(g.get_state(), state)  # the run's generator is not consumed
+    epochs = [order[e * n:(e + 1) * n] for e in range(3)]
+    assert all(sorted(e) == list(range(n)) for e in epochs)  # without replacement within an epoch
+    assert len({tuple(e) for e in epochs}) > 1  # a new permutation each epoch
+    # a sampler created at step 7 (a resumed run) continues the same order
+    fresh = ImageSampler(n, "shuffle", seed=3, generator=torch.Generator().manual_seed(99))
+    assert [fresh.index(step) for step in range(7, 3 * n)] == order[7:]
+    other_seed = ImageSampler(n, "shuffle", seed=4, generator=g)
+    assert [other_seed.index(step) for step in range(3 * n)] != order
+
+
+def test_replacement_sampling_is_iid_draws_from_the_run_generator():
+    n = 3
+    sampler = ImageSampler(n, "replacement", seed=0, generator=torch.Generator().manual_seed(5))
+    expected_g = torch.Generator().manual_seed(5)
+    expected = [int(torch.randint(n, (1,), generator=expected_g)) for _ in range(30)]
+    order = [sampler.index(step) for step in range(30)]
+    assert order == expected
+    assert any(sorted(order[i:i + n]) != list(range(n)) for i in range(0, 30, n))  # repeats within an "epoch"
+
+
+def test_fit_uses_the_configured_sampling(tmp_path, monkeypatch):
+    seen = []
+    original = ImageSampler.index
+
+    def spy(self, step):
+        seen.append((self.mode, step, self.n))
+        return original(self, step)
+
+    monkeypatch.setattr(ImageSampler, "index", spy)
+    _, summary = fit(tmp_path, "rep", sampling="replacement")
+    assert summary["sampling"] == "replacement"
+    assert seen == [("replacement", s, 6) for s in range(TINY["steps"])]
+    with pytest.raises(ValueError, match="sampling"):
+        EfficientAD({**TINY, "sampling": "random"}, teacher_file(tmp_path / "t.pt"))
 
 
 def test_bad_teacher_and_config_give_clear_errors(tmp_path):
@@ -182,7 +232,7 @@ def test_disable_student_training_cuts_the_student_teacher_loss(tmp_path):
 
 
 # ---- determinism ----
-FULL = dict(dual_ae=True, srm=True, crm=True, sfm=True, csf=True, steps=6)
+FULL = dict(dual_ae=True, srm=True, crm=True, sfm=True, csf=True, steps=8)  # 6 images: crosses an epoch
 
 
 def _equal_states(a, b):

@@ -10,7 +10,7 @@ import torch
 
 from adrepro.methods.base import FitContext, Teacher
 from adrepro.methods.fcd_vit import losses as L
-from adrepro.methods.fcd_vit.method import EpochSampler, FCDViT
+from adrepro.methods.fcd_vit.method import DEFAULTS, EpochSampler, FCDViT, make_optimizer, warmup_scheduler
 from adrepro.methods.fcd_vit.model import AnchorBank, load_teacher_file
 from adrepro.registry import VARIANTS
 from adrepro.training import Interrupted, seed_everything
@@ -26,8 +26,10 @@ def vit_teacher(tmp_path_factory) -> Teacher:
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("teachers") / "random_vit_test.pt"
-    torch.save({"arch": "vit", "kwargs": TINY_VIT, "state_dict": VisionTransformer(**TINY_VIT).state_dict(),
-                "provenance": {"id": "random_vit_test", "paper_teacher": False}}, path)
+    from adrepro.methods.teachers.provision import save_teacher_file  # records state_sha256 (checked on load)
+
+    save_teacher_file(path, "vit", TINY_VIT, VisionTransformer(**TINY_VIT).state_dict(),
+                      {"id": "random_vit_test", "paper_teacher": False})
     return Teacher("random_vit_test", path, {"sha256": "test"})
 
 
@@ -87,25 +89,35 @@ def test_eq3_distill_loss_norm_and_mse():
         L.distill_loss([t], [s], l2="l1")
 
 
-def test_eq4_gram_shapes_values_and_symmetry():
+def test_eq4_gram_default_is_channel_fsp_averaged_over_positions():
+    phi1 = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]]])  # B=1, N=3 tokens, D=2 channels
+    phi2 = torch.tensor([[[1.0, 0.0], [2.0, 1.0], [1.0, 3.0]]])
+    # FSP (Yim et al. 2017): G[i, j] = 1/N sum_p phi1[p, i] phi2[p, j], worked out by hand:
+    # G[0,0] = (1*1 + 3*2 + 0*1)/3 = 7/3   G[0,1] = (1*0 + 3*1 + 0*3)/3 = 1
+    # G[1,0] = (2*1 + 4*2 + 1*1)/3 = 11/3  G[1,1] = (2*0 + 4*1 + 1*3)/3 = 7/3
+    g = L.gram_matrix(phi1, phi2)
+    assert g.shape == (1, 2, 2)
+    assert torch.allclose(g[0], torch.tensor([[7 / 3, 1.0], [11 / 3, 7 / 3]]))
+    assert torch.allclose(L.gram_matrix(phi1, phi2, normalize=False)[0], torch.tensor([[7.0, 3.0], [11.0, 7.0]]))
+    with pytest.raises(ValueError, match="gram_mode"):
+        L.gram_matrix(phi1, phi2, mode="spatial")
+
+
+def test_eq4_gram_token_option():
     phi = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]]])  # B=1, N=3 tokens, D=2
-    g = L.gram_matrix(phi, phi, normalize=False)
+    g = L.gram_matrix(phi, phi, mode="token", normalize=False)
     assert g.shape == (1, 3, 3)
     assert torch.equal(g[0], torch.tensor([[5.0, 11.0, 2.0], [11.0, 25.0, 4.0], [2.0, 4.0, 1.0]]))
-    assert torch.equal(g, g.transpose(1, 2))
-    assert torch.allclose(L.gram_matrix(phi, phi), g / 2)
-    gc = L.gram_matrix(phi, phi, mode="channel", normalize=False)
-    assert gc.shape == (1, 2, 2) and torch.equal(gc[0], torch.tensor([[10.0, 14.0], [14.0, 21.0]]))
-    x, y = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
-    assert torch.allclose(L.gram_matrix(x, y), L.gram_matrix(y, x).transpose(1, 2))
+    assert torch.allclose(L.gram_matrix(phi, phi, mode="token"), g / 2)  # averaged over the D channels
 
 
 def test_eq5_gram_loss():
     t = {0: torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), 1: torch.tensor([[[2.0, 0.0], [0.0, 0.0]]])}
     s = {0: torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]), 1: torch.zeros(1, 2, 2)}
-    # G_T(0,1) = [[2,0],[0,0]], G_S(0,1) = 0 -> Frobenius 2 (unnormalised), 1 with /D
+    # channel Gram: G_T(0,1) = t0^T t1 = [[2,0],[0,0]], G_S(0,1) = 0 -> Frobenius 2 (unnormalised), 1 with /N=2
     assert torch.allclose(L.gram_loss(t, s, [(0, 1)], normalize=False), torch.tensor([2.0]))
     assert torch.allclose(L.gram_loss(t, s, [(0, 1), (0, 0)]), torch.tensor([1.0]))
+    assert torch.allclose(L.gram_loss(t, s, [(0, 1)], mode="token", normalize=False), torch.tensor([2.0]))
 
 
 def test_eq6_total_loss():
@@ -150,6 +162,57 @@ def test_teacher_file_errors(tmp_path):
         load_teacher_file(tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="provisioned teacher"):
         FCDViT(_cfg(), None).fit(_data(2, 0), None, FitContext("t", tmp_path, 0))
+
+
+def test_optimiser_defaults_in_every_profile():
+    """SGD momentum 0.9, linear warm-up then cosine decay, clipping at 1.0 (docs/deviations.md), all profiles."""
+    from adrepro.config import load_params
+
+    params = load_params()
+    for name, prof in params["profiles"].items():
+        cfg = {**DEFAULTS, **params["methods"]["fcd_vit"], **prof["methods"]["fcd_vit"]}
+        optimiser = (cfg["optimizer"], cfg["momentum"], cfg["lr_schedule"], cfg["grad_clip"], cfg["weight_decay"])
+        assert optimiser == ("sgd", 0.9, "cosine", 1.0, 0.0), name
+        assert (cfg["gram_mode"], cfg["final_norm"], cfg["val_fraction"]) == ("channel", False, 0.0), name
+        opt = make_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg, 0.1)
+        assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_warmup_then_cosine_schedule_hand_computed():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = warmup_scheduler(opt, warmup_steps=2, total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warm-up 0.1 * 1/2, 0.1 * 2/2; then 0.1 * (1 + cos(pi * k / 4)) / 2 for k = 0..3
+    c = math.cos(math.pi / 4)
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.05 * (1 + c), 0.05, 0.05 * (1 - c)])
+    with pytest.raises(ValueError, match="optimizer"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], {**DEFAULTS, "optimizer": "lamb"}, 0.1)
+
+
+def test_unknown_cfg_key_is_an_error():
+    with pytest.raises(ValueError, match="gram_mod'"):
+        FCDViT(_cfg(gram_mod="channel"), None)
+
+
+def test_score_parts_sum_to_score_and_final_norm_switch(vit_teacher, tmp_path):
+    m, summary = _fit(vit_teacher, tmp_path, steps=2)
+    assert (summary["optimizer"], summary["lr_schedule"], summary["final_norm"]) == ("sgd", "cosine", False)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    scores, _, parts = m.predict_with_parts(x)
+    assert set(parts) == {"s_d", "s_a_teacher", "s_a_student"}
+    assert torch.allclose(scores, parts["s_d"] + parts["s_a_teacher"] + parts["s_a_student"])
+    t_cls = m._feats(m.teacher_net, m._prep(x))[11][:, 0]
+    assert torch.allclose(parts["s_a_teacher"], (t_cls - m.anchors.anchor[0]).norm(dim=1))
+    no_anchor, _ = _fit(vit_teacher, tmp_path / "b", steps=1, anchor=False, gram=False)
+    assert set(no_anchor.predict_with_parts(x)[2]) == {"s_d"}
+    normed = FCDViT(_cfg(final_norm=True), vit_teacher)
+    normed.load_state_dict(m.state_dict())
+    feats = normed._feats(normed.teacher_net, normed._prep(x))[6]
+    assert torch.allclose(feats, m.teacher_net.norm(m._feats(m.teacher_net, m._prep(x))[6]))
 
 
 def test_epoch_sampler_covers_each_epoch():
@@ -212,3 +275,35 @@ def test_benchmark_predict(benchmark, vit_teacher, tmp_path):
     m, _ = _fit(vit_teacher, tmp_path, steps=1)
     scores, maps = benchmark(m.predict, torch.rand(16, 3, 16, 16))
     assert scores.shape == (16,) and maps.shape == (16, 16, 16)
+
+
+def test_score_parts_reach_metrics_json_and_mlflow(vit_teacher, tmp_path, mlflow_tmp):
+    """Evaluate writes S_D and eq. 7's teacher / student terms under ``score_parts``; track logs them to MLflow."""
+    import mlflow
+
+    from adrepro.config import load_params
+    from adrepro.pipelines.evaluate import score, score_parts_summary
+    from adrepro.registry import experiments
+    from adrepro.results import write_json
+    from adrepro.tracking import sync
+
+    m, _ = _fit(vit_teacher, tmp_path / "fit", steps=1)
+    test = [(img, i % 2, None, {"anomaly_type": "good" if i % 2 == 0 else "bad"})
+            for i, (img, *_rest) in enumerate(_data(5, 9))]
+    parts: dict = {}
+    scores, labels, *_ = score(m, test, parts)
+    assert set(parts) == {"s_d", "s_a_teacher", "s_a_student"} and all(len(v) == 5 for v in parts.values())
+    assert scores == pytest.approx([sum(p) for p in zip(*parts.values())], rel=1e-5)
+    # hand-made parts: AUROC alone (fraction of anomalous > normal pairs) and class means
+    summary = score_parts_summary({"s_d": [1.0, 2.0, 3.0, 4.0], "s_a_teacher": [3.0, 1.0, 2.0, 0.0]},
+                                  [0, 0, 1, 1], ["good", "good", "bad", "bad"])
+    assert summary["s_d"] == {"auroc": 1.0, "mean_normal": 1.5, "mean_anomalous": 3.5}
+    assert summary["s_a_teacher"] == {"auroc": 0.25, "mean_normal": 2.0, "mean_anomalous": 1.0}
+    exp = next(e for e in experiments(load_params(), "smoke") if e.method == "fcd_vit")
+    write_json(tmp_path / "results" / exp.id / "metrics.json",
+               {"status": "ok", "auroc": {"image": 0.5}, "steps": 1, "score_parts": summary})
+    assert sync([exp], lambda p, e: tmp_path / "models" / e, lambda p, e: tmp_path / "results" / e / "metrics.json",
+                lambda p, e: tmp_path / "plots" / e) == (1, 0)
+    run = mlflow.search_runs(experiment_names=[f"adrepro-{exp.profile}"], output_format="list")[0]
+    assert run.data.metrics["score_parts.s_a_teacher.auroc"] == 0.25
+    assert run.data.metrics["score_parts.s_d.mean_anomalous"] == 3.5

@@ -11,6 +11,7 @@ from sklearn.metrics.pairwise import cosine_similarity
 from adrepro.methods.base import FitContext, Teacher
 from adrepro.methods.efficientad import losses as L
 from adrepro.methods.efficientad.method import EfficientAD
+from adrepro.methods.efficientad.model import IMAGENET_MEAN, IMAGENET_STD, EfficientADAutoencoder
 from adrepro.methods.efficientad.modules import ChannelReunionModule, SelectiveFusionModule, SpatialReunionModule
 from adrepro.methods.efficientad.pdn import build_pdn
 from adrepro.registry import VARIANTS
@@ -23,8 +24,9 @@ PAPER_A = [v for v in VARIANTS if v.method == "efficientad"]
 def _teacher(path) -> Teacher:
     torch.manual_seed(0)
     net = build_pdn("S", 16, 0.125)
-    torch.save({"arch": "pdn_s", "kwargs": {"out_channels": 16, "width": 0.125}, "state_dict": net.state_dict(),
-                "provenance": {}}, path)
+    from adrepro.methods.teachers.provision import save_teacher_file  # records state_sha256 (checked on load)
+
+    save_teacher_file(path, "pdn_s", {"out_channels": 16, "width": 0.125}, net.state_dict(), {})
     return Teacher("random_pdn", path)
 
 
@@ -86,6 +88,23 @@ def test_crm_shape_weights_and_eqs_8_to_10_by_hand():
     assert torch.allclose(crm(x), x * x2[..., None, None], atol=1e-6)
     crm.residual = True
     assert torch.allclose(crm(x), x + x * x2[..., None, None], atol=1e-6)
+
+
+def test_srm_is_2_4_times_an_autoencoder():
+    """Parameter counts from the layer shapes (docs/deviations.md): SRM on 384 channels vs EfficientAD's AE."""
+    def n(module):
+        return sum(p.numel() for p in module.parameters())
+
+    conv = lambda cin, cout, k: cin * cout * k * k + cout  # noqa: E731
+    srm = 2 * conv(384, 384, 3) + conv(384, 1, 3)  # eqs 2, 3 and eq 4's one-channel conv
+    ae = (conv(3, 32, 4) + conv(32, 32, 4) + conv(32, 64, 4) + 2 * conv(64, 64, 4) + conv(64, 64, 8)  # encoder
+          + 6 * conv(64, 64, 4) + conv(64, 64, 3) + conv(64, 384, 3))  # decoder
+    assert n(SpatialReunionModule(384)) == srm == 2_658_433
+    assert n(EfficientADAutoencoder(384, 256, 64)) == ae == 1_096_320
+    assert round(srm / ae, 1) == 2.4
+    # CRM at 64 channels, C/4 = 16: eq 8's 1x1 convs 64->16->1, eq 10's FCs 64->16->64
+    assert n(ChannelReunionModule(64)) == conv(64, 16, 1) + conv(16, 1, 1) + (64 * 16 + 16) + (16 * 64 + 64) == 3_185
+    assert n(SelectiveFusionModule(384)) == (384 * 32 + 32) + 2 * (32 * 384 + 384) == 37_664
 
 
 # ---- SFM (Fig. 4) ----
@@ -162,7 +181,7 @@ def test_variant_structure(tmp_path):
     assert model(dual_ae=True, map_weight_local=1 / 3).map_weights.tolist() == pytest.approx([1 / 3] * 3)
     medium = model(size="M")  # EfficientAD-M student (Table 1 alternative baseline)
     assert sum(isinstance(x, torch.nn.Conv2d) for x in medium.student) == 6
-    assert medium.student[-1].out_channels == 2 * 16
+    assert (medium.student[-3].out_channels, medium.student[-1].in_channels, medium.student[-1].out_channels) == (32, 32, 32)
     with pytest.raises(ValueError, match="sfm"):
         model(sfm=True)
     with pytest.raises(ValueError, match="serial"):
@@ -176,3 +195,49 @@ def test_every_registry_variant_fits_and_predicts(tmp_path, variant):
     assert scores.shape == (2,) and maps.shape == (2, 32, 32)
     assert bool(torch.isfinite(maps).all())
     assert len(method.model.aes) == (2 if variant.options["dual_ae"] else 1)
+
+
+# ---- SFM placement: sfm_in_ta ----
+def _sfm_losses(tmp_path, sfm_in_ta: bool):
+    """training_losses of the full dual-AE method (no dropout, CSF off) on fixed images, plus the model."""
+    cfg = dict(image_size=32, pdn_width=0.125, ae_latent=8, ae_dropout=0.0, seed=0, dual_ae=True, srm=True, crm=True,
+               sfm=True, sfm_in_ta=sfm_in_ta)
+    method = EfficientAD(cfg, _teacher(tmp_path / "teacher.pt"))
+    m, g = method.model, torch.Generator().manual_seed(1)
+    m.teacher_mean.copy_(0.1 * torch.randn(1, 16, 1, 1, generator=g))
+    m.teacher_std.copy_(0.5 + torch.rand(1, 16, 1, 1, generator=g))
+    img, aug, pen = (torch.rand(1, 3, 32, 32, generator=g) for _ in range(3))
+    return method, method.training_losses(img, aug, pen), aug
+
+
+@pytest.mark.parametrize("sfm_in_ta", [False, True])
+def test_sfm_in_ta_decides_what_l_ta_compares_with_the_teacher(tmp_path, sfm_in_ta):
+    method, out, aug = _sfm_losses(tmp_path, sfm_in_ta)
+    m = method.model
+    with torch.no_grad():
+        x = (aug - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        t = (m.teacher(x) - m.teacher_mean) / m.teacher_std
+        s2 = m.student(x)[:, 16:]  # S'' on the augmented image
+        raw = [m.aes[0](x), m.aes[1](x)]  # A^SRM, A^CRM
+        n1, n2 = m.sfm.branch_weights(raw[0], raw[1])
+        fused = [n1 * raw[0], n2 * raw[1]]  # F^SRM, F^CRM (Fig. 4)
+    ta_target = fused if sfm_in_ta else raw
+    for k in range(2):
+        assert out["ta"][k].item() == pytest.approx(((t - ta_target[k]) ** 2).mean().item(), rel=1e-5)  # eq 14
+        assert out["sa"][k].item() == pytest.approx(((fused[k] - s2) ** 2).mean().item(), rel=1e-5)  # eq 15
+        other = raw if sfm_in_ta else fused
+        assert abs(out["ta"][k].item() - ((t - other[k]) ** 2).mean().item()) > 1e-4  # the readings differ
+    # gradients: L_TA reaches the SFM only when sfm_in_ta; L_SA always does
+    sfm_params = list(m.sfm.parameters())
+    g_ta = torch.autograd.grad(sum(out["ta"]), sfm_params, allow_unused=True, retain_graph=True)
+    g_sa = torch.autograd.grad(sum(out["sa"]), sfm_params, allow_unused=True)
+    if sfm_in_ta:
+        assert any(g is not None and bool(g.abs().sum() > 0) for g in g_ta)
+    else:
+        assert all(g is None for g in g_ta)
+    assert all(g is not None for g in g_sa) and any(bool(g.abs().sum() > 0) for g in g_sa)
+
+
+def test_sfm_in_ta_is_recorded(tmp_path):
+    method = _fit(tmp_path, steps=1, dual_ae=True, srm=True, crm=True, sfm=True)
+    assert method.summary["sfm_in_ta"] is False

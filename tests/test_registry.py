@@ -1,9 +1,10 @@
 """Registry -> experiments -> dvc.yaml mapping, and the variants the papers report."""
 
+import pytest
 import yaml
 
 from adrepro import dvcgen
-from adrepro.config import load_params
+from adrepro.config import ConfigError, load_params
 from adrepro.registry import VARIANTS, VARIANTS_BY_ID, experiments
 
 
@@ -59,3 +60,42 @@ def test_offline_vit_rows_have_no_teacher():
     assert all(e.teacher_id is None for e in exps if e.method == "fcd_vit")
     stages = yaml.safe_load(dvcgen.render({**load_params(), "profile": "offline"}))["stages"]
     assert all(e.id in stages["skip"]["foreach"] for e in exps if e.method == "fcd_vit")
+
+
+def test_smoke_keeps_exactly_its_25_experiments():
+    assert len(experiments(load_params(), "smoke")) == 25
+
+
+def test_cpu_profile_coverage_of_issue_10():
+    exps = experiments(load_params(), "cpu")
+    by = {}
+    for e in exps:
+        by.setdefault((e.variant.id, e.protocol), []).append(e)
+    a_ids = [v.id for v in VARIANTS if v.paper == "A"]
+    # paper A: all 12 variants on juice_bottle; exps 1, 7, 11 with 3 seeds there and on bottle, the rest 1 seed
+    for vid in a_ids:
+        seeds = sorted(e.seed for e in by[(vid, "loco")])
+        assert seeds == ([0, 1, 2] if vid in ("a-t2-e1", "a-t2-e7", "a-t3-e11") else [0]), vid
+        assert all(e.category == "juice_bottle" and e.teacher_id for e in by[(vid, "loco")])
+    assert {vid for vid, proto in by if proto == "mvtec_ad" and vid.startswith("a-")} == {"a-t2-e1", "a-t2-e7", "a-t3-e11"}
+    assert "a-t2-e1-mvtec_ad-bottle-s2" in {e.id for e in exps}
+    # paper B: the CNN family once (VGG rows, EfficientNet-Lite stand-in) with and without L_anchor, one-class on
+    # all 10 classes of F-MNIST and CIFAR-10 and on bottle; ResNet and ViT rows recorded as not runnable
+    for vid in ("b-f3-vgg", "b-f3-vgg-anchor"):
+        for proto, n in (("fmnist", 10), ("cifar10", 10), ("mvtec_ad", 1)):
+            runs = by[(vid, proto)]
+            assert len(runs) == n and all(e.teacher_id == "efficientnet_lite0" and e.seed == 0 for e in runs)
+    not_runnable = {e.variant.id for e in exps if e.teacher_id is None}
+    assert not_runnable == {"b-main", "b-f4-distill", "b-f4-gram", "b-f7-pos1", "b-f3-resnet", "b-f3-resnet-anchor"}
+    assert len([e for e in exps if e.teacher_id]) == 18 + 9 + 2 * 21
+
+
+def test_protocol_variant_list_rejects_unregistered_protocols():
+    params = load_params()
+    params["profiles"]["smoke"]["protocols"]["fmnist"]["variants"] = {"b-f4-gram": None}
+    with pytest.raises(ConfigError, match=r"profiles.smoke.protocols.fmnist.variants: variant 'b-f4-gram' is not "
+                                          r"registered for protocol 'fmnist'"):
+        experiments(params, "smoke")
+    params["profiles"]["smoke"]["protocols"]["fmnist"]["variants"] = {"b-nope": None}
+    with pytest.raises(ConfigError, match="unknown variant 'b-nope'"):
+        experiments(params, "smoke")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -95,7 +96,7 @@ def _lines(section, label):
 
 
 def test_render_writes_both_papers(rendered):
-    assert set(rendered) == {"paper_a.md", "paper_b.md"}
+    assert set(rendered) == {"paper_a.md", "paper_b.md", "index.html"}  # index.html: tests/test_html_report.py
     for name, heads in (("paper_a.md", 3), ("paper_b.md", 4)):
         for n in range(1, heads + 1):
             assert f"## Table {n}\n" in rendered[name]
@@ -176,3 +177,138 @@ def test_printing_errors_listed_with_recomputed_means(rendered):
     assert "`522`" in errs
     t1 = _lines(_section(rendered["paper_b.md"], "## Table 1"), "CapsNetpp")
     assert t1["paper"]["平均值"].startswith("61.2 (recomputed 63.2) †")
+
+
+# ---- per-image scores, code commit, provenance columns ------------------------------------------------------
+SCORES_SCRIPT = """
+import sys
+from adrepro.config import load_params
+from adrepro.methods.teachers.provision import provision
+from adrepro.pipelines import evaluate, train
+params = load_params()
+for teacher in ("random_pdn_tiny", "random_vgg_tiny"):
+    provision(teacher, params, "smoke")
+for exp in sys.argv[1:]:
+    train.run(exp)
+    evaluate.run(exp)
+"""
+
+
+@pytest.mark.slow
+def test_auroc_recomputed_from_scores_csv_with_sklearn(tmp_path, project):
+    """Real train + evaluate of two tiny smoke experiments in a project copy; every AUROC of metrics.json is
+    recomputed from scores.csv.gz with scikit-learn."""
+    import gzip
+    import os
+    import subprocess
+
+    import pandas as pd
+    import yaml
+    from sklearn.metrics import roc_auc_score
+
+    from adrepro import REPO_ROOT
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    smoke = params["profiles"]["smoke"]
+    smoke["methods"]["efficientad"].update(steps=3, checkpoint_every=3)
+    smoke["methods"]["kd_cnn"].update(steps=3, checkpoint_every=3)
+    proj = project(tmp_path / "proj", yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    exps = ["a-t2-e1-loco-breakfast_tray-s0", "b-f3-vgg-cifar10-0-s0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(ADREPRO_ROOT=str(proj), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = subprocess.run(["python", "-c", SCORES_SCRIPT, *exps], cwd=proj, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for exp in exps:
+        folder = proj / "results" / "smoke" / exp
+        metrics = json.loads((folder / "metrics.json").read_text())
+        with gzip.open(folder / "scores.csv.gz", "rt") as fh:
+            df = pd.read_csv(fh, keep_default_na=False)
+        assert list(df.columns) == ["image", "label", "anomaly_type", "score"]
+        assert len(df) == metrics["n_test"] == metrics["scale"]["n_test"]
+        assert roc_auc_score(df.label, df.score) == pytest.approx(metrics["auroc"]["image"], abs=1e-12)
+        for key, kind in (("logical", "logical_anomalies"), ("structural", "structural_anomalies")):
+            sel = df.anomaly_type.isin(["good", kind])
+            if metrics["auroc"][key] is None:
+                assert not (df.anomaly_type == kind).any()
+            else:
+                assert roc_auc_score(df.label[sel], df.score[sel]) == pytest.approx(metrics["auroc"][key], abs=1e-12)
+    loco = pd.read_csv(proj / "results" / "smoke" / exps[0] / "scores.csv.gz")
+    root = json.loads((proj / "results" / "smoke" / exps[0] / "metrics.json").read_text())["data"]["root"]
+    assert all(not p.startswith("/") and (Path(root) / p).is_file() for p in loco.image)
+    digits = pd.read_csv(proj / "results" / "smoke" / exps[1] / "scores.csv.gz")
+    assert digits.image.str.fullmatch(r"digits/test#\d+").all() and digits.image.is_unique
+
+
+def test_test_subset_is_stratified_and_fixed():
+    from adrepro.datasets.common import Record
+    from adrepro.scores import test_subset
+
+    class DS:
+        def __init__(self, records):
+            self.records, self._cache, self._cache_bytes = records, {}, 0
+
+        def __len__(self):
+            return len(self.records)
+
+    recs = [Record(i, int(i >= 900), {"anomaly_type": "good" if i < 900 else "cat"}) for i in range(1000)]
+    ds = DS(recs)
+    sub = test_subset(ds, 100)
+    kinds = [r.meta["anomaly_type"] for r in sub.records]
+    assert (kinds.count("good"), kinds.count("cat")) == (90, 10)  # 900:100 kept at 90:10
+    assert [r.source for r in sub.records] == [r.source for r in test_subset(ds, 100).records]  # same for every run
+    assert len(ds.records) == 1000 and test_subset(ds, None) is ds and test_subset(ds, 5000) is ds
+
+
+def test_git_sha_is_dirty_only_for_code(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for rel in ("params.yaml", "dvc.yaml", "dvc.lock", "results/cpu/x/metrics.json", "reports/paper_a.md",
+                "docs/x.md", "adrepro/code.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("v1\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    for rel in ("params.yaml", "dvc.yaml", "dvc.lock", "results/cpu/x/metrics.json", "reports/paper_a.md", "docs/x.md"):
+        (tmp_path / rel).write_text("v2\n")
+    (tmp_path / "untracked.py").write_text("x = 1\n")
+    assert results_mod.git_sha(tmp_path) == head
+    (tmp_path / "adrepro/code.py").write_text("v2\n")
+    assert results_mod.git_sha(tmp_path) == head + "-dirty"
+
+
+def test_provenance_shows_scale_penalty_preset_and_code_commits(tmp_path, monkeypatch):
+    root = tmp_path / "results"
+    scale = {"image_size": 32, "steps": 80, "batch_size": 32, "test_subset": 2000, "n_test": 2000, "n_test_full": 10000}
+    _write(root, "cpu", "b-f3-vgg-cifar10-airplane-s0", variant="b-f3-vgg", paper="B", method="kd_cnn",
+           protocol="cifar10", dataset="cifar10_jpeg", category="airplane", teacher=SUB_TEACHER, data=OFFICIAL,
+           scale=scale, train={"preset": "mkdad"},
+           auroc={"image": 0.8, "logical": None, "structural": None, "mean_ls": None, "pixel": None})
+    _write(root, "cpu", "b-f3-vgg-anchor-fmnist-trouser-s0", variant="b-f3-vgg-anchor", paper="B", method="kd_cnn",
+           protocol="fmnist", dataset="fashion_mnist", category="Trouser", teacher=SUB_TEACHER, data=OFFICIAL,
+           scale=scale, auroc={"image": 0.9, "logical": None, "structural": None, "mean_ls": None, "pixel": None})
+    pen = {"kind": "cifar10_jpeg", "source": "/x/cifar10-jpeg.tar.gz", "substitute": True}
+    _write(root, "cpu", "a-t2-e1-loco-juice_bottle-s0", variant="a-t2-e1", paper="A", method="efficientad",
+           protocol="loco", dataset="mvtec_loco_partial", category="juice_bottle", teacher=SUB_TEACHER,
+           data=NON_OFFICIAL, scale={"image_size": 128, "steps": 200, "pdn_width": 0.5},
+           train={"penalty_source": pen, "penalty": "on (50000 images)"},
+           auroc={"image": 0.9, "logical": 0.9, "structural": None, "mean_ls": None, "pixel": None})
+    monkeypatch.setattr(results_mod, "RESULTS_DIR", root)
+    out = {p.name: p.read_text(encoding="utf-8") for p in report.render(tmp_path / "reports")}
+    t1 = _section(out["paper_b.md"], "## Table 1")
+    tag = "reproduced · cpu (32 px · 80 steps · batch 32 · test 2000/10000)"
+    assert _lines(t1, "MKDAD")[tag]["Airplane"] == "80.0"
+    prov = next(r for r in t1.splitlines() if r.startswith("| MKDAD | Airplane | cpu |"))
+    assert "| 32 px · 80 steps · batch 32 · test 2000/10000 |" in prov and "| mkdad |" in prov
+    a = _section(out["paper_a.md"], "## Table 1")
+    prov = next(r for r in a.splitlines() if r.startswith("| EfficientAD | 果汁瓶 L | cpu |"))
+    assert "cifar10_jpeg: /x/cifar10-jpeg.tar.gz ⚠ substitute (on (50000 images))" in prov
+    assert f"cpu: `{SHA[:10]}` (1)" in out["paper_a.md"]
+    # the CNN family on F-MNIST (no paper figure panel) still gets a reproduced-only table, saying so
+    fm = _section(out["paper_b.md"], "### Fig. 3 — VGG16 / ResNet18 distillation with and without L_anchor — fmnist")
+    assert "Not in the paper (its figure has no fmnist panel)" in fm
+    assert _lines(fm, "VGG+Lanchor")[tag]["Trouser"] == "90.0"

@@ -148,6 +148,22 @@ def test_loopback_download_fetches_verifies_and_maps_pdn_weights(params, loopbac
     assert not list(Path(params["paths"]["teachers_root"]).rglob("*.zip"))
 
 
+def test_loopback_download_of_a_zip_format_state_dict_checks_the_pin_on_the_downloaded_bytes(params, loopback,
+                                                                                            monkeypatch):
+    www, base = loopback
+    kwargs = {"out_channels": 16, "width": 0.125}
+    torch.manual_seed(4)
+    ours = build_module("pdn_s", kwargs).state_dict()
+    torch.save(ours, www / "teacher.pth")  # today's torch.save: itself a zip archive, not an archive of files
+    pin = hashlib.sha256((www / "teacher.pth").read_bytes()).hexdigest()
+    entry = dict(BACKBONES["efficientad_pdn_s"], kwargs=kwargs, source=f"url:{base}/teacher.pth", sha256=pin)
+    monkeypatch.setitem(BACKBONES, "loop_pth", entry)
+    t = provision("loop_pth", params, "paper")
+    assert t.provenance["sha256"] == pin and t.provenance["verified"] == "sha256 pin"
+    assert "member_sha256" not in t.provenance
+    assert all(torch.equal(load_module(t).state_dict()[k], v) for k, v in ours.items())
+
+
 @needs_lite
 @pytest.mark.parametrize("photo, classes", [("chelsea", {281, 282, 285}),  # tabby / tiger / Egyptian cat
                                             ("coffee", {504, 967, 968})])  # coffee mug / espresso / cup

@@ -1,8 +1,11 @@
 """MLflow: a failing stage leaves a FAILED run with its tags; `sync` logs each finished experiment once."""
 
 import json
+from pathlib import Path
+from unittest import mock
 
 import mlflow
+import pytest
 
 from adrepro.config import load_params
 from adrepro.registry import experiments
@@ -34,3 +37,33 @@ def test_sync_logs_finished_experiments_once(mlflow_tmp, tmp_path):
     run = mlflow.search_runs(experiment_names=[f"adrepro-{exp.profile}"], output_format="list")[0]
     assert run.info.status == "FINISHED" and run.data.metrics["auroc.image"] == 0.75
     assert json.loads(json.dumps(run.data.params)) == {"cfg.steps": "3"}
+
+
+def test_failed_stage_logs_a_failed_run_with_config_and_exits_cleanly_on_a_read_only_folder(mlflow_tmp, tmp_path):
+    from adrepro.tracking import failed_stage
+
+    folder = tmp_path / "results"
+    folder.mkdir(mode=0o555)
+    err = PermissionError(13, "Permission denied", str(folder / "latency.json.tmp"))
+    with mock.patch("os.access", lambda path, mode: Path(path) != folder):  # root may write anyway
+        with pytest.raises(SystemExit) as e, failed_stage("latency", "smoke", "smoke", {"latency": {"iters": 3}}):
+            raise err
+    assert str(e.value).startswith(f"error: cannot write {folder / 'latency.json.tmp'}: folder {folder} is not writable")
+    run = mlflow.search_runs(experiment_names=["adrepro-smoke"], output_format="list")[0]
+    assert run.info.status == "FAILED" and run.info.run_name == "latency@smoke"
+    assert run.data.tags["failed_stage"] == "latency" and run.data.params["latency.iters"] == "3"
+
+
+def test_failed_stage_reraises_other_errors_unchanged(mlflow_tmp):
+    from adrepro.tracking import failed_stage
+
+    with pytest.raises(KeyError), failed_stage("data", "smoke", "mvtec_ad", {}):
+        raise KeyError("x")
+    assert mlflow.search_runs(experiment_names=["adrepro-smoke"], output_format="list")[0].info.status == "FAILED"
+
+
+def test_sync_skips_failed_results(mlflow_tmp, tmp_path):
+    exp = experiments(load_params(), "smoke")[0]
+    write_json(tmp_path / "results" / exp.id / "metrics.json", {"status": "FAILED", "auroc": {}})
+    assert sync([exp], lambda p, e: tmp_path / e, lambda p, e: tmp_path / "results" / e / "metrics.json",
+                lambda p, e: tmp_path / e) == (0, 0)

@@ -32,7 +32,8 @@ def hard_loss(teacher: torch.Tensor, student: torch.Tensor, p_hard: float = 0.99
     p_hard-quantile, i.e. only the top (1 - p_hard) = 0.1 % are back-propagated."""
     d = (teacher - student) ** 2
     d_hard = torch.quantile(d.detach().flatten(), p_hard)
-    return d[d >= d_hard].mean()
+    keep = d >= d_hard  # masked mean, not d[keep].mean(): no data-dependent shape (vmap, run groups; no host sync)
+    return torch.where(keep, d, 0.0).sum() / keep.sum()
 
 
 def penalty_loss(student_on_penalty: torch.Tensor) -> torch.Tensor:

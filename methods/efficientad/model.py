@@ -85,15 +85,29 @@ def normalise_map(m: torch.Tensor, q_a: torch.Tensor | float, q_b: torch.Tensor 
     return 0.1 * (m - q_a) / (q_b - q_a)
 
 
+AUGMENTATIONS = ("brightness", "contrast", "saturation")
+
+
+def adjust_colour(images: torch.Tensor, which: int, factor: float) -> torch.Tensor:
+    """torchvision's ``adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation`` (``which`` 0/1/2):
+    blend with black / the per-image mean grey level / the grey image, clamped to [0, 1]."""
+    grey = (0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
+    if which == 0:
+        other = torch.zeros_like(images)
+    elif which == 1:
+        other = grey.mean(dim=(-3, -2, -1), keepdim=True).expand_as(images)
+    elif which == 2:
+        other = grey.expand_as(images)
+    else:
+        raise ValueError(f"adjust_colour: which must be 0, 1 or 2 ({AUGMENTATIONS}), got {which}")
+    return (factor * images + (1 - factor) * other).clamp(0, 1)
+
+
 def augment_ae_input(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """EfficientAD's AE input augmentation: one of brightness, contrast, saturation, factor ~ U(0.8, 1.2)."""
     which = int(torch.randint(3, (1,), generator=generator))
     factor = float(0.8 + 0.4 * torch.rand(1, generator=generator))
-    grey = (0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
-    # torchvision's definitions: blend with black / the mean grey level / the grey image, clamped to [0, 1]
-    other = (torch.zeros_like(images), grey.mean(dim=(-3, -2, -1), keepdim=True).expand_as(images),
-             grey.expand_as(images))[which]
-    return (factor * images + (1 - factor) * other).clamp(0, 1)
+    return adjust_colour(images, which, factor)
 
 
 class EfficientADModel(nn.Module):
@@ -138,12 +152,16 @@ class EfficientADModel(nn.Module):
         """Teacher output normalised by its channel mean/std over the training images."""
         return (self.teacher(x) - self.teacher_mean) / self.teacher_std
 
+    def ae_branches(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(raw AE outputs [A] or [A^SRM, A^CRM], what the student-AE part sees: the SFM's [F^SRM, F^CRM]
+        when the SFM is present, else the raw outputs)."""
+        raw = [ae(x) for ae in self.aes]
+        fused = list(self.sfm(raw[0], raw[1])) if self.sfm is not None else raw
+        return raw, fused
+
     def ae_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """A (single AE), or (F^SRM, F^CRM): the two AE outputs, fused by the SFM when present."""
-        outs = [ae(x) for ae in self.aes]
-        if self.sfm is not None:
-            outs = list(self.sfm(outs[0], outs[1]))
-        return outs
+        return self.ae_branches(x)[1]
 
     def raw_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised maps [B, n_maps, h, w]: Omega_loc = mean_c (T - S')^2, Omega_gol^k = mean_c (A_k - S'')^2."""

@@ -24,8 +24,13 @@ def pdn_small(out_channels: int = 384, width: float = 1.0) -> nn.Sequential:
 
 
 def pdn_medium(out_channels: int = 384, width: float = 1.0) -> nn.Sequential:
-    """PDN-M: 4x4 conv 256 -> avgpool -> 4x4 conv 512 -> avgpool -> 1x1 512 -> 3x3 512 -> 4x4 384 -> 1x1 out."""
-    c1, c2, c3 = _c(256, width), _c(512, width), _c(384, width)
+    """PDN-M: 4x4 conv 256 -> avgpool -> 4x4 conv 512 -> avgpool -> 1x1 512 -> 3x3 512 -> 4x4 out -> 1x1 out.
+
+    The last two convs have ``out_channels`` channels (EfficientAD Table 7 lists 384 for the teacher; the
+    student doubles its output, so its conv-5 is 512 -> 768 and conv-6 768 -> 768, as in EfficientAD's and
+    anomalib's ``get_pdn_medium(2 * out_channels)``): teacher 8,026,624 and student 11,615,488 parameters at
+    width 1. ``width`` scales only the 256/512 hidden widths (smoke teachers)."""
+    c1, c2 = _c(256, width), _c(512, width)
     return nn.Sequential(
         nn.Conv2d(3, c1, 4, padding=3), nn.ReLU(inplace=True),
         nn.AvgPool2d(2, stride=2, padding=1),
@@ -33,8 +38,8 @@ def pdn_medium(out_channels: int = 384, width: float = 1.0) -> nn.Sequential:
         nn.AvgPool2d(2, stride=2, padding=1),
         nn.Conv2d(c2, c2, 1), nn.ReLU(inplace=True),
         nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(c2, c3, 4), nn.ReLU(inplace=True),
-        nn.Conv2d(c3, out_channels, 1),
+        nn.Conv2d(c2, out_channels, 4), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 1),
     )
 
 

@@ -57,25 +57,26 @@ def distill_loss(t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor
     return total
 
 
-def gram_matrix(phi_c1: torch.Tensor, phi_c2: torch.Tensor, mode: str = "token",
+def gram_matrix(phi_c1: torch.Tensor, phi_c2: torch.Tensor, mode: str = "channel",
                 normalize: bool = True) -> torch.Tensor:
-    """Eq. (4): G = phi_c1 . phi_c2^T for features [B, N, D].
+    """Eq. (4): the Gram / FSP relation of layers c1, c2 for features [B, N, D].
 
-    ``mode="token"``: [B, N, N] (rows are tokens, as written); ``mode="channel"``: phi_c1^T . phi_c2, [B, D, D].
-    ``normalize`` divides by the contracted dimension (D resp. N) to keep the scale independent of width."""
-    if mode == "token":
-        g = phi_c1 @ phi_c2.transpose(1, 2)
-        k = phi_c1.shape[2]
-    elif mode == "channel":
+    ``mode="channel"`` (default): phi_c1^T . phi_c2, [B, D, D], channel x channel summed over the N token
+    positions (the FSP matrix of ref. [10], Yim et al. 2017); ``mode="token"``: phi_c1 . phi_c2^T, [B, N, N].
+    ``normalize`` divides by the contracted dimension (N resp. D): the FSP average over positions."""
+    if mode == "channel":
         g = phi_c1.transpose(1, 2) @ phi_c2
         k = phi_c1.shape[1]
+    elif mode == "token":
+        g = phi_c1 @ phi_c2.transpose(1, 2)
+        k = phi_c1.shape[2]
     else:
-        raise ValueError(f"fcd_vit: cfg 'gram_mode' must be 'token' or 'channel', got {mode!r}")
+        raise ValueError(f"fcd_vit: cfg 'gram_mode' must be 'channel' or 'token', got {mode!r}")
     return g / k if normalize else g
 
 
 def gram_loss(t_feats: Mapping[int, torch.Tensor], s_feats: Mapping[int, torch.Tensor],
-              pairs: Sequence[tuple[int, int]], mode: str = "token", normalize: bool = True) -> torch.Tensor:
+              pairs: Sequence[tuple[int, int]], mode: str = "channel", normalize: bool = True) -> torch.Tensor:
     """Eq. (5): L_Gram = ||G_T - G_S||_2 (Frobenius), summed over the layer pairs (c1, c2). [B]"""
     total = 0.0
     for c1, c2 in pairs:

@@ -15,16 +15,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_teacher_file(path: Path | str) -> dict[str, Any]:
-    """Read a provisioned teacher file ``{"arch", "kwargs", "state_dict", "provenance"}`` (teachers issue)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: teacher weight file not found (provision it with the teachers stage)")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    missing = [k for k in ("arch", "kwargs", "state_dict") if not isinstance(obj, dict) or k not in obj]
-    if missing:
-        raise ValueError(f"{path}: teacher file lacks key(s) {missing}; expected arch, kwargs, state_dict, provenance")
-    obj.setdefault("provenance", {})
-    return obj
+    """Read a provisioned teacher file ``{"arch", "kwargs", "state_dict", "provenance"}``, its weights checked
+    against the recorded ``state_sha256`` (``adrepro.methods.teachers.read_teacher_file``; errors name the file)."""
+    from ..teachers.provision import read_teacher_file
+
+    return read_teacher_file(path)
 
 
 def normalisation(provenance: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,8 +46,11 @@ def build_vit(kwargs: dict[str, Any], img_size: int, state_dict: dict[str, torch
     return vit
 
 
-def vit_block_outputs(vit: nn.Module, x: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
-    """Outputs [B, N, D] of encoder blocks ``layers`` (0-based, c in [0, M-1]; before the final norm)."""
+def vit_block_outputs(vit: nn.Module, x: torch.Tensor, layers: list[int],
+                      final_norm: bool = False) -> dict[int, torch.Tensor]:
+    """Outputs [B, N, D] of encoder blocks ``layers`` (0-based, c in [0, M-1]), cls/prefix tokens first.
+    ``final_norm=False``: straight from the block (timm ``forward_intermediates(norm=False)``); ``True``: each
+    passed through the ViT's final LayerNorm (timm ``norm=True``)."""
     if max(layers) >= len(vit.blocks):
         raise ValueError(f"fcd_vit: layer {max(layers)} requested but the ViT has {len(vit.blocks)} blocks")
     x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
@@ -60,7 +58,7 @@ def vit_block_outputs(vit: nn.Module, x: torch.Tensor, layers: list[int]) -> dic
     for i, blk in enumerate(vit.blocks[: max(layers) + 1]):
         x = blk(x)
         if i in layers:
-            out[i] = x
+            out[i] = vit.norm(x) if final_norm else x
     return out
 
 

@@ -18,11 +18,14 @@ def cnn_cls(feats: Sequence[torch.Tensor]) -> torch.Tensor:
     return feats[-1].mean(dim=(2, 3))
 
 
-def mkdad_loss(t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor], lam_dir: float = 0.5) -> torch.Tensor:
-    """MKDAD: sum over taps i of mean((a_s^i - a_t^i)^2) + lam_dir * (1 - cos(vec a_s^i, vec a_t^i)). [B]
-    The same quantity is MKDAD's anomaly score."""
+def mkdad_loss(t_feats: Sequence[torch.Tensor], s_feats: Sequence[torch.Tensor], lam_mse: float,
+               lam_dir: float = 1.0) -> torch.Tensor:
+    """MKDAD's total loss, per sample [B], summed over the tapped layers i:
+    lam_dir * (1 - cos(vec a_s^i, vec a_t^i)) + lam_mse * mean_j (a_s^i(j) - a_t^i(j))^2
+    (L_dir + lambda L_val with MKDAD's lam_dir = 1; j runs over the C*H*W values of layer i). The same quantity
+    over the scoring layers is MKDAD's anomaly score."""
     total = 0.0
     for t, s in zip(t_feats, s_feats, strict=True):
         t, s = t.flatten(1), s.flatten(1)
-        total = total + (s - t).pow(2).mean(1) + lam_dir * (1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8))
+        total = total + lam_dir * (1.0 - F.cosine_similarity(s, t, dim=1, eps=1e-8)) + lam_mse * (s - t).pow(2).mean(1)
     return total

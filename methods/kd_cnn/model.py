@@ -1,16 +1,19 @@
 """CNN teachers/students for paper B's backbone ablation: VGG16, ResNet18, EfficientNet-Lite0 (offline
-substitute) and tiny random variants for the smoke profile, with feature taps by module name."""
+substitute) and tiny random variants for the smoke profile, with feature taps by module name; MKDAD's smaller
+BatchNorm student (the "cloner", Salehi et al. 2021) and its generalisation to other teachers."""
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import torch
 from torch import nn
 
-# Multi-layer taps per backbone (module names). VGG16: outputs of the max-pool layers of blocks 2-5 (MKDAD's
-# "critical points"); ResNet18: outputs of layer1-4; EfficientNet-Lite0: the last block of stages 2, 3, 5, 7.
+# Multi-layer taps per backbone (module names), one per resolution (output strides 4, 8, 16, 32). VGG16: the
+# max-pool outputs of blocks 2-5 (MKDAD's critical layers); ResNet18: layer1-4; EfficientNet-Lite0: the last block
+# at each stride (MBConv stages 2, 3, 5, 7).
 DEFAULT_TAPS: dict[str, list[str]] = {
     "vgg16": ["features.9", "features.16", "features.23", "features.30"],
     "resnet18": ["layer1", "layer2", "layer3", "layer4"],
@@ -127,3 +130,71 @@ class TappedCNN(nn.Module):
         out = [self._out[n] for n in self.taps]
         self._out = {}
         return out
+
+
+# Whether a teacher's tapped features are post-ReLU (>= 0): the cloner's last conv of a stage then ends in a ReLU
+# as MKDAD's does; EfficientNet's MBConv blocks end in a linear projection, so its cloner stages end linearly.
+_RELU_TAPS = {"vgg16": True, "resnet18": True, "tiny_vgg": True, "tiny_resnet": True}
+CLONER_WIDTH = 16  # MKDAD's cloner: every conv but the last of a block is 16 channels wide
+# MKDAD's cloner for VGG16 (five blocks ending in 2x2 max-pools): the output width of each conv per block
+MKDAD_VGG16_BLOCKS = ((16, 16), (16, 128), (16, 16, 256), (16, 16, 512), (16, 16, 512))
+
+
+def _pool(size_in: tuple[int, int], size_out: tuple[int, int]) -> nn.Module:
+    """2x2 max-pools when ``size_in`` / ``size_out`` is a power of two on both axes, else adaptive max-pooling."""
+    if size_in == size_out:
+        return nn.Identity()
+    ratios = {size_in[0] / size_out[0], size_in[1] / size_out[1]}
+    if len(ratios) == 1 and (r := ratios.pop()) >= 2 and r.is_integer() and math.log2(r).is_integer():
+        return nn.Sequential(*[nn.MaxPool2d(2, 2) for _ in range(int(math.log2(r)))])
+    return nn.AdaptiveMaxPool2d(size_out)
+
+
+class Cloner(nn.Module):
+    """MKDAD's student: blocks of bias-free 3x3 convs, Xavier-uniform initialised; every conv but a block's
+    last is followed by BatchNorm + ReLU, the last by a ReLU only (``relu_out``), then the block's pooling.
+    ``forward`` returns the outputs of the blocks listed in ``taps``."""
+
+    def __init__(self, blocks: list[tuple[tuple[int, ...], nn.Module]], taps: list[int], relu_out: bool = True):
+        super().__init__()
+        self.taps = list(taps)
+        c_in, stages = 3, []
+        for widths, pool in blocks:
+            layers: list[nn.Module] = []
+            for k, w in enumerate(widths):
+                conv = nn.Conv2d(c_in, w, 3, padding=1, bias=False)
+                nn.init.xavier_uniform_(conv.weight)
+                last = k == len(widths) - 1
+                layers += [conv] + ([] if last else [nn.BatchNorm2d(w)]) + ([nn.ReLU()] if relu_out or not last else [])
+                c_in = w
+            stages.append(nn.Sequential(*layers, pool))
+        self.blocks = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, block in enumerate(self.blocks[: max(self.taps) + 1]):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+def build_cloner(arch: str, taps: list[str], tap_shapes: list[tuple[int, int, int]], image_size: int) -> Cloner:
+    """The smaller BatchNorm student for teacher ``arch`` whose taps give features ``tap_shapes`` [(C, H, W)].
+
+    VGG16 with taps pool2-5: MKDAD's own cloner (``MKDAD_VGG16_BLOCKS``). Any other teacher: one block per tap,
+    convs of widths (16, 16, C_i), pooled to the tap's resolution, so each block output matches tap i."""
+    if arch == "vgg16":
+        if list(taps) != DEFAULT_TAPS["vgg16"]:
+            raise ValueError(f"kd_cnn: MKDAD's VGG16 cloner matches taps {DEFAULT_TAPS['vgg16']} (pool2-5), got "
+                             f"{taps}; use cfg 'student: same_arch' for other VGG16 taps")
+        return Cloner([(widths, nn.MaxPool2d(2, 2)) for widths in MKDAD_VGG16_BLOCKS], taps=[1, 2, 3, 4])
+    relu = _RELU_TAPS.get(arch, False if arch.startswith("efficientnet_lite") else None)
+    if relu is None:
+        raise ValueError(f"kd_cnn: no cloner rule for teacher arch {arch!r} (known: {sorted(_RELU_TAPS)}, "
+                         "efficientnet_lite<n>); use cfg 'student: same_arch'")
+    size, blocks = (image_size, image_size), []
+    for c, h, w in tap_shapes:
+        blocks.append(((CLONER_WIDTH, CLONER_WIDTH, c), _pool(size, (h, w))))
+        size = (h, w)
+    return Cloner(blocks, taps=list(range(len(blocks))), relu_out=relu)

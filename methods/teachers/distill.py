@@ -173,7 +173,8 @@ def distill_pdn(source_id: str, params: dict[str, Any], steps: int, image_size: 
     t0 = time.perf_counter()
     run_loop(total_steps=steps, step_fn=step, state={"pdn": pdn, "opt": opt, "history": history}, work_dir=work_dir,
              cfg_hash=config_hash(cfg), generator=g, checkpoint_every=max(1, min(1000, steps // 10 or 1)),
-             log_metric=log_metric, desc=f"distill-pdn<{source_id}", stop_after=stop_after)
+             log_metric=log_metric, desc=f"distill-pdn<{source_id}", stop_after=stop_after,
+             knob=f"profiles.{profile}.teacher_distill.lr = {lr} in params.yaml")
     shortfalls = []
     if source_id != "wide_resnet101_2":
         shortfalls.append(f"distilled from {source_id} instead of WideResNet-101")

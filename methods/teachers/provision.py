@@ -4,18 +4,17 @@ Every provisioned teacher is ``<paths.teachers_root>/<profile>/<id>.pt`` =
 ``torch.save({"arch", "kwargs", "state_dict", "provenance"})`` with provenance
 ``{id, source, sha256, paper_teacher, substitute_reason, licence, state_sha256, verified, ...}``:
 ``sha256`` is the original weight file's hash (or the generated state's), ``state_sha256`` the hash of
-the saved tensors, re-checked by ``load_module``. A local file in ``paths.teacher_files[<id>]`` replaces
-the source (still verified against the pin when one applies).
+the saved tensors, re-checked by ``read_teacher_file`` whenever the file is loaded. A local file in
+``paths.teacher_files[<id>]`` replaces the source (formats: ``weightfile``; verified against the pin when one
+applies to it).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import os
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from adrepro.methods.base import Teacher
 from adrepro.training import config_hash
 
 from .registry import build_module, get_backbone
+from .weightfile import TeacherFileError, as_state_dict, read_weights, safe_torch_load, weight_format
 
 FILE_KEYS = ("arch", "kwargs", "state_dict", "provenance")
 UNPINNED = "unpinned (hash recorded)"
@@ -73,15 +73,22 @@ def save_teacher_file(path: Path, arch: str, kwargs: dict, state_dict: dict, pro
 
 
 def read_teacher_file(path: Path | str) -> dict[str, Any]:
-    """Load a teacher file and check its tensors against the recorded ``state_sha256``."""
+    """Load a teacher file and check its tensors against the recorded ``state_sha256``.
+
+    Raises FileNotFoundError (missing), TeacherFileError (unreadable, not a teacher file, no recorded hash) or
+    ChecksumError (weights edited since ``save_teacher_file`` wrote them), each naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: teacher file not found (run provision first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in FILE_KEYS if k not in ckpt]
+    ckpt = safe_torch_load(path, f"{path} (teacher file)")
+    missing = [k for k in FILE_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: not a teacher file (missing {missing})")
-    recorded = ckpt["provenance"].get("state_sha256")
+        raise TeacherFileError(f"{path}: not a teacher file (missing {missing}; expected {list(FILE_KEYS)})")
+    as_state_dict(ckpt["state_dict"], f"{path} (teacher file)")
+    recorded = ckpt["provenance"].get("state_sha256") if isinstance(ckpt["provenance"], dict) else None
+    if not recorded:
+        raise TeacherFileError(f"{path}: teacher file records no provenance.state_sha256, so its weights cannot "
+                               "be verified (not written by provision/save_teacher_file); provision it again")
     actual = state_sha256(ckpt["state_dict"])
     if recorded != actual:
         raise ChecksumError(f"{path}: weights SHA-256 mismatch: recorded {recorded}, got {actual} "
@@ -105,49 +112,26 @@ def load_module(teacher: Teacher) -> nn.Module:
 
 # --- original weight files -------------------------------------------------------------------------
 
-def _read_weights(path: Path, member: str | None) -> tuple[dict[str, torch.Tensor], str | None]:
-    """State dict from a .pth/.pt/.safetensors file or a zip member; also the member's SHA-256."""
-    member_sha = None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            base = Path(member).name if member else None
-            name = member if member in names else next((n for n in names if base and n.endswith(base)), None)
-            if name is None:
-                raise FileNotFoundError(f"{path}: no member {member!r} in the archive (has {names[:10]})")
-            data = zf.read(name)
-            member_sha = hashlib.sha256(data).hexdigest()
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state, member_sha
-
-
-def _adapt_pdn(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _adapt_pdn(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     """Map PDN weights saved with other layer names (anomalib's ``conv1..``) onto our Sequential, in order."""
     ours = [n[: -len(".weight")] for n, p in module.state_dict().items() if n.endswith(".weight") and p.dim() == 4]
     theirs = [n[: -len(".weight")] for n, p in state.items() if n.endswith(".weight") and p.dim() == 4]
     if len(ours) != len(theirs):
-        raise ValueError(f"PDN weights have {len(theirs)} conv layers, the architecture {len(ours)}")
-    return {f"{o}.{s}": state[f"{t}.{s}"] for o, t in zip(ours, theirs) for s in ("weight", "bias")}
+        raise TeacherFileError(f"{where}: PDN weights have {len(theirs)} conv layers, the architecture {len(ours)}")
+    try:
+        return {f"{o}.{s}": state[f"{t}.{s}"] for o, t in zip(ours, theirs) for s in ("weight", "bias")}
+    except KeyError as exc:
+        raise TeacherFileError(f"{where}: PDN weights lack {exc.args[0]!r}") from exc
 
 
 def _weights_into(arch: str, kwargs: dict, state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
     module = build_module(arch, kwargs)
     if arch in ("pdn_s", "pdn_m") and set(state) != set(module.state_dict()):
-        state = _adapt_pdn(module, state)
+        state = _adapt_pdn(module, state, where)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{where}: weights do not fit arch {arch} {kwargs}: {exc}") from exc
+        raise TeacherFileError(f"{where}: weights do not fit arch {arch} {kwargs}: {exc}") from exc
     return module.state_dict()
 
 
@@ -165,16 +149,22 @@ def _fetch(teacher_id: str, entry: dict, params: dict[str, Any]) -> tuple[Path, 
     override = local_override(teacher_id, params)
     pin, prefix = entry.get("sha256"), entry.get("sha256_prefix")
     if override is not None:
+        if not override.is_file():
+            raise FileNotFoundError(f"params.yaml paths.teacher_files.{teacher_id}: {override}: file not found")
         digest = verify(override, None)
-        if pin and (member is None or zipfile.is_zipfile(override)):
+        # the pin is on the file as downloaded: an archive when the source names a member, else the file itself
+        archive = member is not None and weight_format(override) == "zip"
+        if pin and (member is None or archive):
             verify(override, pin)
             verified = "sha256 pin"
         elif prefix:
             _check_prefix(override, digest, prefix)
             verified = "sha256 prefix"
         else:
-            verified = "unpinned local file (hash recorded)"
-        return override, member, {"sha256": digest, "verified": verified, "local_file": str(override)}
+            verified = "unpinned local file (hash recorded)" + (
+                "; the registry pin is on the release archive, not on this single weight file" if pin else "")
+        return override, member if archive else None, {"sha256": digest, "verified": verified,
+                                                       "local_file": str(override)}
     downloads = teachers_root(params) / "downloads"
     if kind == "url":
         url = ref.partition("#")[0]
@@ -274,13 +264,14 @@ def provision(teacher_id: str, params: dict[str, Any], profile: str, seed: int =
         prov = save_teacher_file(out, arch, kwargs, state, prov)
         return Teacher(teacher_id, out, prov)
     path, member, extra = _fetch(teacher_id, entry, params)
-    raw, member_sha = _read_weights(path, member)
+    where = f"params.yaml paths.teacher_files.{teacher_id}: {path}" if override is not None else str(path)
+    raw, member_sha = read_weights(path, member, where)
     if member_sha:
         extra.update(member=member, member_sha256=member_sha)
     if override is not None:
         prov["source"] = f"local:{override} (registry source {source})"
     prov.update(extra)
-    state = _weights_into(arch, kwargs, raw, str(path))
+    state = _weights_into(arch, kwargs, raw, where)
     prov = save_teacher_file(out, arch, kwargs, state, prov)
     return Teacher(teacher_id, out, prov)
 
