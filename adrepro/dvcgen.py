@@ -67,7 +67,10 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
     if items:
         stages["train"] = {"foreach": items, "do": {
             "cmd": "adrepro train ${key}",
-            "deps": ["methods/${item.method}", "methods/base.py", "adrepro/training.py", "pipelines/train.py",
+            # every module a training imports: the families share code (kd_cnn uses fcd_vit's loop, EfficientAD the
+            # teachers' penalty images), so the whole methods/ and datasets/ trees, not one family's folder
+            "deps": ["methods", "datasets", "adrepro/training.py", "adrepro/config.py", "adrepro/schema.py",
+                     "pipelines/train.py", "pipelines/common.py",
                      f"{data_root}/${{item.dataset}}", f"{troot}/{profile}/${{item.teacher}}.pt"],
             "params": ["methods.${item.method}", f"profiles.{profile}.methods.${{item.method}}", f"profiles.{profile}.protocols.${{item.protocol}}",
                        f"profiles.{profile}.penalty_images", "paths"],  # paths: data roots, teacher files, penalty images
@@ -75,8 +78,9 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
         }}
         stages["evaluate"] = {"foreach": items, "do": {
             "cmd": "adrepro evaluate ${key}",
-            "deps": [f"models/{profile}/${{key}}", f"{data_root}/${{item.dataset}}", "adrepro/metrics.py",
-                     "adrepro/scores.py", "adrepro/plots.py", "pipelines/evaluate.py"],
+            "deps": [f"models/{profile}/${{key}}", f"{data_root}/${{item.dataset}}", "methods", "datasets",
+                     "adrepro/metrics.py", "adrepro/scores.py", "adrepro/plots.py", "pipelines/evaluate.py",
+                     "pipelines/common.py"],
             "params": [f"profiles.{profile}.protocols.${{item.protocol}}"],  # test_subset
             "outs": [f"plots/{profile}/${{key}}", {f"results/{profile}/${{key}}/scores.csv.gz": {"cache": False}}],
             "metrics": [{f"results/{profile}/${{key}}/metrics.json": {"cache": False}}],

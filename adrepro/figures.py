@@ -47,9 +47,14 @@ def ascii_label(text: str) -> str:
     return text
 
 
-def metric_key(protocol: str) -> str:
-    """The AUROC a protocol's tables report: LOCO's mean of logical and structural, else image AUROC."""
-    return "mean_ls" if protocol == "loco" else "image"
+def metric_key(protocol: str, runs: Any = ()) -> str:
+    """The AUROC a protocol's tables report: LOCO's mean of logical and structural (logical alone where the runs
+    have no structural split, e.g. the partial juice_bottle copy), else image AUROC."""
+    if protocol != "loco":
+        return "image"
+    runs = [m for m in runs if m.get("protocol") == "loco"]
+    has_structural = any((m.get("auroc") or {}).get("structural") is not None for m in runs)
+    return "mean_ls" if has_structural or not runs else "logical"
 
 
 def _profile_note(profile: str) -> str:
@@ -111,7 +116,7 @@ def ablation_bars(paper: str, table: str, protocol: str, profile: str, metrics: 
     bars = []
     for label, v in rows:
         seeds = _seed_means([m for m in metrics.values() if m.get("variant") == v.id and m.get("protocol") == protocol],
-                            metric_key(protocol))
+                            metric_key(protocol, metrics.values()))
         if seeds:
             bars.append((ascii_label(f"{label}\n{v.id}"), fmean(seeds), stdev(seeds) if len(seeds) > 1 else 0.0, len(seeds)))
     if len(bars) < 2:
@@ -128,7 +133,7 @@ def ablation_bars(paper: str, table: str, protocol: str, profile: str, metrics: 
     ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=6)
     lo = min(b[1] - b[2] for b in bars)
     ax.set_ylim(max(0.0, lo - 10), min(105.0, max(b[1] + b[2] for b in bars) + 8))
-    ax.set(ylabel=f"{metric_key(protocol)} AUROC %",
+    ax.set(ylabel=f"{metric_key(protocol, metrics.values())} AUROC %",
            title=f"Paper {paper} {table} ablation · {protocol} · {_profile_note(profile)} (error bar: sd over seeds)")
     ax.title.set_fontsize(8)
     _save(fig, path)
@@ -141,7 +146,7 @@ def latency_scatter(paper: str, profile: str, metrics: dict[str, dict[str, Any]]
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for exp_id, lat in latency.items():
         m = metrics.get(exp_id) or {}
-        v = _metric(m, metric_key(str(m.get("protocol"))))
+        v = _metric(m, metric_key(str(m.get("protocol")), metrics.values()))
         if m.get("paper") == paper and m.get("status") == "ok" and v is not None and lat.get("latency_ms"):
             groups.setdefault((m["variant"], m["protocol"]), []).append((float(lat["latency_ms"]), 100 * v))
     if not groups:
@@ -153,7 +158,7 @@ def latency_scatter(paper: str, profile: str, metrics: dict[str, dict[str, Any]]
         ax.scatter([x], [y], s=18, color=COLORS[1 + protocols.index(proto) % (len(COLORS) - 1)])
         ax.annotate(vid, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
     for k, proto in enumerate(protocols):
-        ax.scatter([], [], color=COLORS[1 + k % (len(COLORS) - 1)], label=f"{proto} ({metric_key(proto)})")
+        ax.scatter([], [], color=COLORS[1 + k % (len(COLORS) - 1)], label=f"{proto} ({metric_key(proto, metrics.values())})")
     devices = sorted({str(lat.get("device", "?")) for lat in latency.values()})
     ax.set(xlabel=f"latency ms per image (batch 1; {', '.join(devices)})", ylabel="AUROC %",
            title=f"Paper {paper} · latency vs AUROC · {_profile_note(profile)}")

@@ -171,8 +171,12 @@ def experiments(params: dict[str, Any] | None = None, profile: str | None = None
             if v.method not in prof["methods"]:
                 raise ConfigError(f"params.yaml: profiles.{profile}.methods has no entry for '{v.method}' (needed by {v.id})")
             teacher = prof["teachers"].get(v.teacher_role)
-            if v.options.get("size", params.get("methods", {}).get(v.method, {}).get("size")) == "M":
-                teacher = prof["teachers"].get("pdn_m", teacher)
+            size = v.options.get("size", prof["methods"][v.method].get("size", params.get("methods", {}).get(v.method, {}).get("size")))
+            if v.method == "efficientad" and size == "M":
+                if "pdn_m" not in prof["teachers"]:
+                    raise ConfigError(f"params.yaml: profiles.{profile}.teachers has no 'pdn_m' entry, needed by "
+                                      f"EfficientAD-M ({v.id}); a PDN-S teacher cannot teach a PDN-M student")
+                teacher = prof["teachers"]["pdn_m"]
             for cat in spec["categories"]:
                 for seed in seeds:
                     eid = f"{v.id}-{proto}-{slug(str(cat))}-s{seed}"

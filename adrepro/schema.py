@@ -162,8 +162,21 @@ def _field_name(key: str) -> str:
     return key if key.isidentifier() and not keyword.iskeyword(key) else f"{key}_"
 
 
+def family_choices(family: str) -> dict[str, tuple]:
+    """The family's ``CHOICES`` dict: the allowed values of its string options (read at run time)."""
+    return dict(getattr(importlib.import_module(_families()[family]), "CHOICES", {}))
+
+
+def _typed(key: str, default: Any, choices: dict[str, tuple]) -> Any:
+    if key not in choices:
+        return key_type(key, default)
+    allowed = Literal[tuple(choices[key])]  # type: ignore[valid-type]
+    return Optional[allowed] if default is None else allowed
+
+
 def method_model(family: str) -> type[BaseModel]:
-    fields = {_field_name(k): (key_type(k, v), Field(v, alias=k)) for k, v in family_defaults(family).items()}
+    choices = family_choices(family)
+    fields = {_field_name(k): (_typed(k, v, choices), Field(v, alias=k)) for k, v in family_defaults(family).items()}
     return create_model(f"methods.{family}", __config__=STRICT, **fields)
 
 

@@ -48,6 +48,10 @@ PROBES = [
     ("method-key-top-level", lambda p: p["methods"]["efficientad"].update(lr_decay=0.9),
      "methods.efficientad.lr_decay", "did you mean 'lr_decay_at'"),
     ("profile-typo", lambda p: p.update(profile="smok"), "profile", "did you mean 'smoke'"),
+    ("option-value-typo", lambda p: p["methods"]["efficientad"].update(sampling="shufle"),
+     "methods.efficientad.sampling", "did you mean 'shuffle'"),
+    ("option-value-unknown", lambda p: p["methods"]["fcd_vit"].update(gram_mode="gramian"),
+     "methods.fcd_vit.gram_mode", "'channel' or 'token'"),
 ]
 
 

@@ -319,8 +319,12 @@ def test_resumable_verified_download(tmp_path):
 def test_two_dvc_repro_at_once_the_second_is_refused_by_the_lock(tmp_path):
     proj = tmp_path / "lockproj"
     proj.mkdir()
+    # the stage holds the lock until the test has seen the second `dvc repro` return (no race with its start-up)
+    (proj / "hold.py").write_text("import os, time\nopen('started', 'w')\nt = time.time()\n"
+                                  "while not os.path.exists('release') and time.time() - t < 120:\n    time.sleep(0.05)\n"
+                                  "open('out.txt', 'w').write('done')\n")
     (proj / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
-        "cmd": "python -c \"import time; open('started', 'w'); time.sleep(4); open('out.txt', 'w').write('done')\"",
+        "cmd": "python hold.py",
         "outs": ["out.txt"]}}}))
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         assert run(proj, *cmd).returncode == 0
@@ -331,7 +335,8 @@ def test_two_dvc_repro_at_once_the_second_is_refused_by_the_lock(tmp_path):
     while not (proj / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     second = run(proj, "dvc", "repro")
-    out, _ = first.communicate(timeout=120)
+    (proj / "release").write_text("")
+    out, _ = first.communicate(timeout=180)
     assert second.returncode != 0 and ("is busy" in second.stderr or "Unable to acquire lock" in second.stderr), \
         second.stderr
     assert first.returncode == 0 and (proj / "out.txt").read_text() == "done", out

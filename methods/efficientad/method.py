@@ -49,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "cuda_graphs": False,  # CUDA: capture the fixed-shape training step and inference as CUDA graphs (no-op on CPU)
 }
 DISABLEABLE = ("student_training",)
-CHOICES = {"inference_dtype": ("fp32", "fp16", "bf16"), "tf32": ("default", "on", "off"),
+CHOICES = {"size": ("S", "M"), "sampling": SAMPLING, "csf_reduction": ("mean", "sum"), "srm_at": ("output", "last_hidden"),
+           "inference_dtype": ("fp32", "fp16", "bf16"), "tf32": ("default", "on", "off"),
            "compile": ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SPEED_KEYS = ("penalty_prefetch", "teacher_cache_mb", "channels_last", "inference_dtype", "tf32", "compile", "cuda_graphs")

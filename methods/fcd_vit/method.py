@@ -24,6 +24,8 @@ from .model import AnchorBank, build_vit, load_teacher_file, normalisation, vit_
 
 GROUPC = (3, 6, 9, 11)  # section 4.1
 
+CHOICES = {"distill_l2": ("norm", "mse"), "gram_mode": ("channel", "token"), "optimizer": ("sgd", "adam"),
+           "lr_schedule": ("constant", "cosine")}  # allowed values, read by the params.yaml schema
 DEFAULTS: dict[str, Any] = {
     # registry variant options (Fig. 4 loss ablation, Fig. 7 position strategies); score_anchor null = anchor
     "distill": True, "gram": True, "anchor": True, "score_anchor": None, "pos_strategy": 2,

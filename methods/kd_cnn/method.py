@@ -39,6 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "same_arch": {**_COMMON, "student": "same_arch", "optimizer": "sgd", "lambda_dir": 0.5, "lambda_mse": 1.0,
                   "lambda_mse_mvtec": 1.0, "score_last": 0},
 }
+CHOICES = {"preset": tuple(PRESETS), "student": ("cloner", "same_arch"), "optimizer": ("sgd", "adam"),
+           "lr_schedule": ("constant", "cosine")}  # allowed values, read by the params.yaml schema
 # score_anchor None = anchor; taps None = the architecture's defaults; anchor_momentum None = running mean;
 # score_last: score on the last n taps (0 = all); lambda_mse_mvtec: lambda_mse when the protocol is mvtec_ad
 DEFAULTS: dict[str, Any] = {

@@ -132,7 +132,7 @@ def distill_pdn(source_id: str, params: dict[str, Any], steps: int, image_size: 
     in the paper. Images: ``images`` kind of ``penalty.penalty_images`` (default: the profile's
     ``penalty_images``), loaded at 2x ``image_size`` for the backbone, downsampled for the PDN, random
     greyscale p=0.1. Resumable: the run checkpoints to ``work_dir`` (default ``<out_path>.work/``).
-    ``device`` falls back to CPU when CUDA is unavailable."""
+    ``device: cuda`` where CUDA is absent is an error (never a silent CPU run)."""
     profile = profile or params["profile"]
     images = images or params["profiles"][profile].get("penalty_images") or "imagenet"
     out_path = Path(out_path)
@@ -141,7 +141,10 @@ def distill_pdn(source_id: str, params: dict[str, Any], steps: int, image_size: 
     if ds is None:
         raise FileNotFoundError(f"PDN distillation images ({images}) unavailable: {img_prov['reason']}")
     source = provision(source_id, params, profile, seed)
-    dev = torch.device(device if torch.cuda.is_available() else "cpu")
+    from adrepro.config import check_device
+
+    check_device(device, "profiles.<profile>.device (teacher distillation)")  # never a silent CPU run
+    dev = torch.device(device)
     target = BackboneTarget(source_id, load_module(source), out_channels, seed).to(dev)
     g = seed_everything(seed)
     norm_g = torch.Generator().manual_seed(seed + 1)
