@@ -436,6 +436,17 @@ def environment(templates: Path = TEMPLATES_DIR) -> jinja2.Environment:
     return env
 
 
+def _bench_section() -> str | None:
+    """`adrepro bench`'s side-by-side tables (results/bench/*.json) for the paper A report, or None before a run."""
+    import json
+
+    from . import REPO_ROOT
+    from .bench import render as render_bench
+
+    records = [json.loads(p.read_text()) for p in sorted((REPO_ROOT / "results" / "bench").glob("*.json"))]
+    return render_bench(records, level=2) if records else None
+
+
 def render(out_dir: Path = REPORTS_DIR, templates: Path = TEMPLATES_DIR,
            paper_values_csv: Path = pv.CSV_PATH) -> list[Path]:
     """Write ``paper_a.md``, ``paper_b.md``, their charts (``figures/``) and ``index.html`` into ``out_dir`` from
@@ -448,6 +459,7 @@ def render(out_dir: Path = REPORTS_DIR, templates: Path = TEMPLATES_DIR,
     all_results = results_mod.load_all()
     env = environment(templates)
     contexts = {paper: context(paper, all_results, cells) for paper in ("A", "B")}
+    contexts["A"]["bench"], contexts["B"]["bench"] = _bench_section(), None  # speed tables: paper A (EfficientAD)
     charts = figures.render(contexts, all_results, out_dir / figures.FIGURES)
     written = []
     for paper, ctx in contexts.items():
