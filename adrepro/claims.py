@@ -145,6 +145,7 @@ class Ours:
     categories: list[str] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # experiments whose metrics.json says FAILED (never dropped silently)
     ran_without_metric: bool = False
 
 
@@ -160,6 +161,8 @@ def our_effect(metrics: dict[str, dict[str, Any]], claim: Claim, m: Measure) -> 
                 out.sources.append(r)
             elif r.get("status") == "ok":
                 runs[r["variant"]][(str(r.get("category")), int(r.get("seed", 0)))] = r
+            elif str(r.get("status", "")).lower() == "failed":
+                out.failed.append(exp_id)
     pairs = sorted(set(runs[claim.new]) & set(runs[claim.ref]))
     per_seed: dict[int, list[float]] = {}
     for key in pairs:
@@ -233,6 +236,9 @@ def evaluate_claim(claim: Claim, m: Measure, profile: str, metrics: dict[str, di
     else:
         text = "—"
     seeds = ", ".join(f"s{s}: {_fmt(d)}" for s, d in ours.diffs.items())
+    if ours.failed:  # n counts only finished pairs; say which runs are missing from it and why
+        failed = f"{len(ours.failed)} FAILED run(s) not in n: {', '.join(ours.failed)}"
+        reason = f"{reason}; {failed}" if reason else failed
     return Row(claim, m, profile, result, shown, basis, text, seeds, len(diffs), ours.categories, reason, ours.sources)
 
 

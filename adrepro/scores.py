@@ -27,7 +27,7 @@ SCORES_FILE = "scores.csv.gz"
 FIELDS = ("image", "label", "anomaly_type", "score")
 SUBSET_SEED = 0  # the same test subset for every seed and variant, so their AUROCs are paired
 # profile method keys that scale a run down from the paper's settings (recorded in every result's `scale`)
-SCALE_KEYS = ("image_size", "steps", "batch_size", "pdn_width", "out_channels", "ae_latent")
+SCALE_KEYS = ("image_size", "steps", "batch_size", "lr", "pdn_width", "out_channels", "ae_latent")
 _ARRAY_REF = re.compile(r"^(\w+)\[(\d+)\]$")
 
 
@@ -118,6 +118,8 @@ def scale_text(scale: dict[str, Any] | None) -> str:
         parts.append(f"{scale['steps']} steps")
     if "batch_size" in scale:
         parts.append(f"batch {scale['batch_size']}")
+    if "lr" in scale:
+        parts.append(f"lr {scale['lr']:g}")
     if "pdn_width" in scale:
         parts.append(f"width {scale['pdn_width']}")
     if "out_channels" in scale:

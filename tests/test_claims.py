@@ -143,3 +143,16 @@ def test_rendered_verdicts_follow_the_result_files(results_tree, tmp_path):
         (results_tree / "cpu" / f"a-t2-e1-loco-juice_bottle-s{s}" / "metrics.json").unlink()
     report.render(out)
     assert "| +3.0 | 1 | **indicative only (n = 1)** |" in _rows(out, "a", "A-main", "logical (LOCO) | cpu")[0]
+
+
+def test_failed_runs_are_named_not_dropped(results_tree, tmp_path):
+    out = tmp_path / "reports"
+    failed = results_tree / "cpu" / "a-t3-e11-loco-juice_bottle-s2" / "metrics.json"
+    m = json.loads(failed.read_text())
+    failed.write_text(json.dumps({**m, "status": "FAILED", "auroc": None, "failed_stage": "train",
+                                  "error": "NonFiniteError: loss is nan at step 12"}))
+    report.render(out)
+    row = _rows(out, "a", "A-main", "logical (LOCO) | cpu")[0]
+    # seeds 0 and 1 only: +3.0, +2.5 -> +2.8 ± 0.4, n = 2, and the missing pair is named with its status
+    assert "| +2.8 ± 0.4 | 2 |" in row
+    assert "1 FAILED run(s) not in n: a-t3-e11-loco-juice_bottle-s2" in row
