@@ -104,7 +104,8 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
     stages["report"] = {
         "cmd": "adrepro report",
         "deps": ["results", "reports/templates", "reports/paper_values.csv", "adrepro/report.py", "adrepro/paper_values.py",
-                 "adrepro/registry.py", "adrepro/figures.py", "adrepro/report_html.py", "adrepro/bench.py"],
+                 "adrepro/registry.py", "adrepro/figures.py", "adrepro/report_html.py", "adrepro/bench.py",
+                 "adrepro/report_rows.py"],
         "outs": [{"reports/paper_a.md": {"cache": False}}, {"reports/paper_b.md": {"cache": False}},
                  {"reports/index.html": {"cache": False}}, {"reports/figures": {"cache": False}}],
     }

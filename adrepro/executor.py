@@ -29,6 +29,7 @@ from .results import write_json
 
 FINAL = ("track", "latency", "report")  # run once, after every experiment stage
 RUN_DIR = Path(".adrepro") / "run"
+CODE_DIRS = ("adrepro", "methods", "datasets", "pipelines")  # a stage's code, snapshot when it starts
 _PR_SET_PDEATHSIG = 1
 
 
@@ -38,6 +39,7 @@ class Job:
     cmd: str
     needs: set[str] = field(default_factory=set)  # upstream stages in this plan
     rank: int = 0  # lower runs first (run.priority)
+    code: str = ""  # code_fingerprint() when the stage started
     status: str = "queued"  # queued | running | done | failed | blocked | stopped
     seconds: float = 0.0
     node: str = ""
@@ -242,6 +244,19 @@ def _env(job: Job) -> dict[str, str]:
     return {"ADREPRO_ROOT": str(REPO_ROOT), "ADREPRO_NODE": socket.gethostname(), "ADREPRO_STAGE": job.name}
 
 
+def code_fingerprint(root: Path) -> str:
+    """Hash of the project's code and params.yaml: a stage is committed only if these did not change while it ran
+    (else its lock would record code that did not produce its outputs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    files = [p for d in CODE_DIRS for p in sorted((root / d).rglob("*.py"))] + [root / "params.yaml"]
+    for f in files:
+        if f.is_file():
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def _commit(root: Path, names: list[str]) -> None:
     from dvc.repo import Repo
 
@@ -282,7 +297,7 @@ def run(executor: Any, jobs: dict[str, Job], budget_s: float | None, root: Path 
                     spent and j.kind in FINAL):
                 j.status = "blocked"
         for j in ready()[: max(0, executor.slots - len(running))]:
-            j.status, j.attempts, j.started = "running", j.attempts + 1, time.time()
+            j.status, j.attempts, j.started, j.code = "running", j.attempts + 1, time.time(), code_fingerprint(root)
             running[executor.submit(j)] = j
         if not running:
             break
@@ -301,7 +316,11 @@ def run(executor: Any, jobs: dict[str, Job], budget_s: float | None, root: Path 
             j = running.pop(h)
             res = executor.result(h)
             j.seconds, j.node, j.ended = res["seconds"], res.get("node", ""), time.time()
-            if res["rc"] == 0:
+            if res["rc"] == 0 and code_fingerprint(root) != j.code:
+                j.status = "failed"
+                say(f"{j.name} NOT committed: code or params.yaml ({', '.join(CODE_DIRS)}) changed while it ran; "
+                    "its outputs may not match the recorded code: run it again")
+            elif res["rc"] == 0:
                 j.status = "done"
                 if not (spent and j.kind in FINAL):
                     commit(root, [j.name])

@@ -3,6 +3,9 @@ the Method contract (fit/predict/state), seeded determinism and bit-identical ki
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,22 +17,11 @@ from adrepro.methods.efficientad.model import EfficientADAutoencoder, normalise_
 from adrepro.methods.efficientad.pdn import build_pdn
 from adrepro.training import Interrupted
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TinyDataset  # noqa: E402
 
 
 TINY = dict(image_size=32, steps=4, pdn_width=0.125, ae_latent=8, checkpoint_every=2, seed=0)
-
-
-class Images(torch.utils.data.Dataset):
-    """Random [0,1] images as dataset items (image, label, mask, meta)."""
-
-    def __init__(self, n: int, size: int, seed: int):
-        self.x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0, None, {"split": "train", "anomaly_type": "good"}
 
 
 def teacher_file(path, arch="pdn_s", out_channels=16, width=0.125, seed=0) -> Teacher:
@@ -45,8 +37,8 @@ def fit(tmp_path, name="run", stop_after=None, penalty=True, val=True, **opts):
     teacher = teacher_file(tmp_path / "teacher.pt")
     method = EfficientAD({**TINY, **opts}, teacher)
     ctx = FitContext(name, tmp_path / name, seed=0, stop_after=stop_after,
-                     extra={"penalty": Images(5, 40, 3) if penalty else None})
-    summary = method.fit(Images(6, 32, 1), Images(3, 32, 2) if val else None, ctx)
+                     extra={"penalty": TinyDataset(40, n=5, seed=3) if penalty else None})
+    summary = method.fit(TinyDataset(32, n=6, seed=1), TinyDataset(32, n=3, seed=2) if val else None, ctx)
     return method, summary
 
 
@@ -117,7 +109,7 @@ def test_fit_quantiles_come_from_validation_maps(tmp_path):
     assert summary["quantiles_from"] == "validation set (3 images)"  # no val_source in ctx.extra: counted
     assert summary["teacher_norm"] == "train mean/std" and summary["steps"] == TINY["steps"]
     m = method.model
-    val = Images(3, 32, 2).x
+    val = TinyDataset(32, n=3, seed=2).images
     with torch.no_grad():
         raw = m.raw_maps(m.normalise_input(val))
     for k in range(raw.shape[1]):
@@ -138,7 +130,7 @@ def test_teacher_normalisation_is_train_channel_mean_std(tmp_path):
     method, _ = fit(tmp_path)
     m = method.model
     with torch.no_grad():
-        y = m.teacher(m.normalise_input(Images(6, 32, 1).x)).double()
+        y = m.teacher(m.normalise_input(TinyDataset(32, n=6, seed=1).images)).double()
     assert torch.allclose(m.teacher_mean.flatten().double(), y.mean(dim=(0, 2, 3)), atol=1e-5)
     assert torch.allclose(m.teacher_std.flatten().double(), y.permute(1, 0, 2, 3).flatten(1).std(1, unbiased=False), atol=1e-4)
 
@@ -261,7 +253,7 @@ def test_benchmark_smoke_training(benchmark, tmp_path):
     """Smoke-profile sizes (64 px, PDN width 0.25, 64 teacher channels, latent 32): 10 training steps."""
     teacher = teacher_file(tmp_path / "smoke_teacher.pt", out_channels=64, width=0.25)
     cfg = dict(image_size=64, steps=10, pdn_width=0.25, ae_latent=32, checkpoint_every=50, seed=0)
-    train, penalty = Images(6, 64, 1), Images(4, 64, 3)
+    train, penalty = TinyDataset(64, n=6, seed=1), TinyDataset(64, n=4, seed=3)
     runs = iter(range(1000))
 
     def run():

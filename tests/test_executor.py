@@ -64,3 +64,18 @@ def test_budget_stops_starting_stages_in_priority_order_then_reports(tmp_path):
     assert [jobs[n].status for n in ("train@first", "train@slow", "train@never", "report")] == [
         "done", "stopped", "queued", "done"]
     assert (tmp_path / "reported").is_file()
+
+
+def test_stage_is_not_committed_when_code_changed_while_it_ran(tmp_path):
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "m.py").write_text("X = 1\n")
+    jobs = _jobs({
+        "train@edited": ("sh -c 'sleep 0.5; echo X = 2 > methods/m.py'", set()),  # an edit lands mid-stage
+        "evaluate@edited": ("true", {"train@edited"}),
+        "train@other": ("true", set()),
+    })
+    committed: list[str] = []
+    rc = run(LocalExecutor(tmp_path, 1), jobs, None, root=tmp_path, commit=lambda r, n: committed.extend(n))
+    assert rc == 1
+    assert jobs["train@edited"].status == "failed" and jobs["evaluate@edited"].status == "blocked"
+    assert "train@edited" not in committed and "train@other" in committed  # started after the edit: consistent

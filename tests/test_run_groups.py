@@ -3,6 +3,9 @@ the same K runs trained alone by ``EfficientAD.fit`` end, and a killed group res
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,18 +15,8 @@ from adrepro.methods.efficientad.method import EfficientAD
 from adrepro.methods.efficientad.pdn import build_pdn
 from adrepro.training import Interrupted
 
-
-class Images(torch.utils.data.Dataset):
-    """Random [0,1] images as dataset items (image, label, mask, meta)."""
-
-    def __init__(self, n: int, size: int, seed: int):
-        self.x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0, None, {"split": "train", "anomaly_type": "good"}
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TinyDataset  # noqa: E402
 
 
 def teacher_file(path, out_channels=16, width=0.25) -> Teacher:
@@ -37,7 +30,7 @@ def teacher_file(path, out_channels=16, width=0.25) -> Teacher:
 
 CFG = dict(image_size=64, steps=30, pdn_width=0.25, ae_latent=16, checkpoint_every=10)
 SEEDS = (0, 1, 2)
-PROBE = Images(4, 64, 99).x  # images scored by every trained run
+PROBE = TinyDataset(64, n=4, seed=99).images  # images scored by every trained run
 
 
 def _runs(tmp_path, tag: str, logs: dict | None = None):
@@ -45,9 +38,9 @@ def _runs(tmp_path, tag: str, logs: dict | None = None):
     out = []
     for s in SEEDS:
         log = (lambda n, v, step, s=s: logs.setdefault(s, []).append((n, v, step))) if logs is not None else None
-        ctx = FitContext(f"run{s}", tmp_path / f"{tag}{s}", seed=s, extra={"penalty": Images(5, 80, 3)},
+        ctx = FitContext(f"run{s}", tmp_path / f"{tag}{s}", seed=s, extra={"penalty": TinyDataset(80, n=5, seed=3)},
                          **({"log_metric": log} if log else {}))
-        out.append((Images(6, 64, 10 + s), Images(3, 64, 20 + s), ctx))
+        out.append((TinyDataset(64, n=6, seed=10 + s), TinyDataset(64, n=3, seed=20 + s), ctx))
     return out
 
 
