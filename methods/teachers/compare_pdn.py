@@ -130,8 +130,12 @@ def main(argv: list[str] | None = None) -> dict:
     exps = sorted({(e.protocol, e.category, e.seed): e for e in exps}.values(), key=lambda e: (e.category, e.seed))
     if not exps:
         raise SystemExit(f"error: profile {args.profile!r} runs no {args.variant} experiment with seeds {args.seeds}")
+    from adrepro.results import git_sha
+
+    result["git_sha"] = git_sha()  # the code of the runs added by this call
     for exp in exps:
         cfg = dict(exp.method_config(params), **result["set"])
+        result["cfg"] = {k: v for k, v in cfg.items() if k not in ("seed", "protocol")}  # as run (lr, steps, size…)
         splits = load_splits(exp.dataset, exp.category, cfg["image_size"], exp.seed, params,
                              cfg.get("val_fraction"))
         penalty, _ = penalty_images(params["profiles"][args.profile]["penalty_images"], params, cfg["image_size"],
