@@ -87,7 +87,8 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
         }}
         stages["track"] = {
             "cmd": "adrepro track",
-            "deps": [f"results/{profile}", f"models/{profile}", f"plots/{profile}", "adrepro/tracking.py"],
+            # results: every profile's committed results are logged too (a fresh clone's `mlflow ui` shows them)
+            "deps": ["results", f"models/{profile}", f"plots/{profile}", "adrepro/tracking.py", "pipelines/track.py"],
         }
         stages["latency"] = {
             "cmd": "adrepro latency",

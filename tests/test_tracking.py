@@ -67,3 +67,19 @@ def test_sync_skips_failed_results(mlflow_tmp, tmp_path):
     write_json(tmp_path / "results" / exp.id / "metrics.json", {"status": "FAILED", "auroc": {}})
     assert sync([exp], lambda p, e: tmp_path / e, lambda p, e: tmp_path / "results" / e / "metrics.json",
                 lambda p, e: tmp_path / e) == (0, 0)
+
+
+def test_track_logs_other_profiles_committed_results(monkeypatch, tmp_path):
+    """A fresh clone has committed results of other profiles (e.g. results/cpu/) but no models: `track` logs them
+    too, after the active profile's."""
+    from adrepro import results as results_mod
+    from adrepro.pipelines import track
+
+    (tmp_path / "cpu").mkdir()
+    monkeypatch.setattr(track, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(track, "check_dvc_profile", lambda params: None)
+    seen = []
+    monkeypatch.setattr(track, "sync", lambda exps, *a: seen.append({e.profile for e in exps}) or (len(exps), 0))
+    track.main(None)
+    assert seen == [{load_params()["profile"]}, {"cpu"}]  # profiles without results/<p>/ (paper, offline): none
+    assert results_mod.RESULTS_DIR != tmp_path  # only the stage's view was redirected
