@@ -327,22 +327,7 @@ class RunGroup:
                 m.get_parameter(name).copy_(p[k])
         m.eval()
         method._map_quantiles(method._load_images(run.val) if run.val is not None else run.images)
-        o = method.opt
-        method.summary = {
-            "steps": steps,
-            "penalty": "off (no penalty images)" if run.penalty is None else f"on ({len(run.penalty)} images)",
-            "teacher_norm": "train mean/std",
-            "quantiles_from": quantile_source(run.val, run.ctx, len(run.images)),
-            "teacher": {key: v for key, v in method.teacher_info.items() if key != "provenance"},
-            "maps": dict(zip(m.map_names, m.map_weights.tolist())),
-            "disabled": list(o["disable"]),
-            "sampling": str(o["sampling"]),
-        }
-        if m.sfm is not None:
-            method.summary["sfm_in_ta"] = bool(o["sfm_in_ta"])
-        if method.speed_options():
-            method.summary["speed"] = method.speed_options()
-        return method.summary
+        return method.fit_summary(steps, run.penalty, quantile_source(run.val, run.ctx, len(run.images)))
 
 
 def group_steps_per_second(k: int, image_size: int = 64, steps: int = 20, warmup: int = 3, pdn_width: float = 0.25,

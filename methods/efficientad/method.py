@@ -251,11 +251,16 @@ class EfficientAD(Method):
             m.eval()
             del cache, trainer
             self._map_quantiles(self._load_images(val) if val is not None else images)
+        return self.fit_summary(steps, penalty, quantile_source(val, ctx, len(images)))
+
+    def fit_summary(self, steps: int, penalty: Any, quantiles_from: str) -> dict[str, Any]:
+        """The summary a finished training records (metrics.json, MLflow); also used by run groups (group.py)."""
+        m, o = self.model, self.opt
         self.summary = {
             "steps": steps,
             "penalty": "off (no penalty images)" if penalty is None else f"on ({len(penalty)} images)",
             "teacher_norm": "train mean/std",
-            "quantiles_from": quantile_source(val, ctx, len(images)),
+            "quantiles_from": quantiles_from,
             "teacher": {k: v for k, v in self.teacher_info.items() if k != "provenance"},
             "maps": dict(zip(m.map_names, m.map_weights.tolist())),
             "disabled": list(o["disable"]),
