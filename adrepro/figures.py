@@ -15,6 +15,7 @@ comparable. Per-experiment plots (ROC, histograms, montage) are ``adrepro/plots.
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 from statistics import fmean, stdev
 from typing import Any
@@ -133,8 +134,9 @@ def ablation_bars(paper: str, table: str, protocol: str, profile: str, metrics: 
     ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=6)
     lo = min(b[1] - b[2] for b in bars)
     ax.set_ylim(max(0.0, lo - 10), min(105.0, max(b[1] + b[2] for b in bars) + 8))
-    ax.set(ylabel=f"{metric_key(protocol, metrics.values())} AUROC %",
-           title=f"Paper {paper} {table} ablation · {protocol} · {_profile_note(profile)} (error bar: sd over seeds)")
+    title = f"Paper {paper} {table} ablation · {protocol} · {_profile_note(profile)} (error bar: sd over seeds)"
+    ax.set_ylabel(f"{metric_key(protocol, metrics.values())} AUROC %")
+    ax.set_title("\n".join(textwrap.wrap(title, int(fig.get_figwidth() * 11))), fontsize=9)  # fits narrow charts
     ax.title.set_fontsize(8)
     _save(fig, path)
     return True
