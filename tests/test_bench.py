@@ -17,7 +17,8 @@ from adrepro.methods.efficientad import trainer as trainer_module
 from adrepro.methods.efficientad.method import EfficientAD
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_efficientad import TINY, Images, teacher_file  # noqa: E402
+from conftest import TinyDataset  # noqa: E402
+from test_efficientad import TINY, teacher_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,8 @@ def test_equality_check_fails_when_the_weights_differ(bench, tmp_path, monkeypat
 # ---- speed options (tiny networks, CPU) ----
 def _fit(tmp_path, name, **opts):
     method = EfficientAD({**TINY, **opts}, teacher_file(tmp_path / "teacher.pt"))
-    method.fit(Images(6, 32, 1), Images(3, 32, 2), FitContext(name, tmp_path / name, seed=0,
-                                                              extra={"penalty": Images(5, 40, 3)}))
+    method.fit(TinyDataset(32, n=6, seed=1), TinyDataset(32, n=3, seed=2), FitContext(
+        name, tmp_path / name, seed=0, extra={"penalty": TinyDataset(40, n=5, seed=3)}))
     return method
 
 

@@ -3,6 +3,9 @@ hand-made tensors, gradients through the full method, and a tiny fit+predict of 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +18,9 @@ from adrepro.methods.efficientad.model import IMAGENET_MEAN, IMAGENET_STD, Effic
 from adrepro.methods.efficientad.modules import ChannelReunionModule, SelectiveFusionModule, SpatialReunionModule
 from adrepro.methods.efficientad.pdn import build_pdn
 from adrepro.registry import VARIANTS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TinyDataset  # noqa: E402
 
 PAPER_A = [v for v in VARIANTS if v.method == "efficientad"]
 
@@ -30,21 +36,11 @@ def _teacher(path) -> Teacher:
     return Teacher("random_pdn", path)
 
 
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, n, size, seed):
-        self.x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0, None, {}
-
-
 def _fit(tmp_path, steps=2, **options):
     cfg = dict(image_size=32, steps=steps, pdn_width=0.125, ae_latent=8, checkpoint_every=10, seed=0, **options)
     method = EfficientAD(cfg, _teacher(tmp_path / "teacher.pt"))
-    method.fit(_Images(3, 32, 1), _Images(2, 32, 2), FitContext("t", tmp_path / "ckpt", 0, extra={"penalty": _Images(2, 32, 3)}))
+    method.fit(TinyDataset(32, n=3, seed=1), TinyDataset(32, n=2, seed=2),
+               FitContext("t", tmp_path / "ckpt", 0, extra={"penalty": TinyDataset(32, n=2, seed=3)}))
     return method
 
 
