@@ -2,7 +2,8 @@
 
 - **paper vs reproduced** (one per printed table with a reproduced number): grouped bars of the paper's value and
   each comparable profile's, from the same cells as the Markdown table (``TableView.long_rows``); the mean
-  columns when any was reproduced, else the per-category columns.
+  columns where every category was run, else the per-category columns, else (tables printing only means) the
+  partial means, hatched.
 - **ablation** (one per ablation, protocol and profile with at least two of its variants run): one bar per
   variant, the mean over seeds of the per-seed category mean, error bar = sample sd over seeds (n shown).
 - **latency vs AUROC** (one per paper and profile with ``latency.json``): one point per variant and protocol.
@@ -75,8 +76,10 @@ def _save(fig: Any, path: Path) -> None:
 def paper_vs_reproduced(paper: str, tab: TableView, path: Path) -> bool:
     """Grouped bars (paper, then each profile) per reproduced cell of a printed table; False: nothing to draw."""
     rows = [r for r in tab.long_rows if r.get("value") is not None and r.get("paper_value") is not None]
-    if any(r["is_mean"] for r in rows):
-        rows = [r for r in rows if r["is_mean"]]
+    # like with like: complete means, else the per-category cells, else (tables printing only means) the partial
+    # means over the categories run, hatched and said so in the title
+    means = [r for r in rows if r["is_mean"]]
+    rows = [r for r in means if not r.get("partial")] or [r for r in rows if not r["is_mean"]] or means
     if not rows:
         return False
     cells = list(dict.fromkeys((r["row"], r["column"]) for r in rows))
@@ -87,14 +90,18 @@ def paper_vs_reproduced(paper: str, tab: TableView, path: Path) -> bool:
     ax.bar([i for i in range(len(cells))], [paper_vals[c] for c in cells], width, label="paper", color=COLORS[0])
     for k, prof in enumerate(profiles):
         vals = {(r["row"], r["column"]): r["value"] for r in rows if r["profile"] == prof}
+        partial = {(r["row"], r["column"]) for r in rows if r["profile"] == prof and r.get("partial")}
         xs = [i + (k + 1) * width for i, c in enumerate(cells) if c in vals]
-        ax.bar(xs, [vals[c] for c in cells if c in vals], width, label=f"reproduced · {prof}",
-               color=COLORS[1 + k % (len(COLORS) - 1)])
+        bars = ax.bar(xs, [vals[c] for c in cells if c in vals], width, label=f"reproduced · {prof}",
+                      color=COLORS[1 + k % (len(COLORS) - 1)])
+        for bar, c in zip(bars, [c for c in cells if c in vals]):
+            bar.set_hatch("//" if c in partial else "")
     ax.set_xticks([i + width * len(profiles) / 2 for i in range(len(cells))],
                   [ascii_label(f"{r}\n{c}") for r, c in cells], fontsize=7)
     lo = min(min(paper_vals.values()), min(r["value"] for r in rows))
     ax.set_ylim(max(0.0, lo - 10), 100)
-    ax.set(ylabel="AUROC %", title=f"Paper {paper} · {tab.title}: paper vs reproduced")
+    note = " (hatched: mean over the categories run only)" if any(r.get("partial") for r in rows) else ""
+    ax.set(ylabel="AUROC %", title=f"Paper {paper} · {tab.title}: paper vs reproduced{note}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     _save(fig, path)

@@ -225,7 +225,8 @@ def _repro_lines(label: str, variants: list[Variant], protocol: str, specs: list
                                   "paper": paper_texts.get(column, "figure only"), "reproduced": shown,
                                   "delta": r.delta, "n": f"{r.n_done}/{r.n_total}",
                                   "reason": "" if r.status == "not_runnable" else why, **prov,
-                                  "value": r.value, "paper_value": paper_value, "is_mean": is_mean})  # charts
+                                  "value": r.value, "paper_value": paper_value, "is_mean": is_mean,  # charts
+                                  "partial": r.status == "partial"})
                 tips[column] = (f"{idx.profile}: {prov['experiments']} · teacher {prov['teacher']} · data "
                                 f"{prov['data']} · scale {prov['scale'] or '—'} · git {prov['git_sha']}")
         tag = f"reproduced · {idx.profile}" if idx else "reproduced"

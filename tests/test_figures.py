@@ -150,3 +150,23 @@ def test_dvc_plots_cover_every_evaluated_experiment():
     assert defined == {f"plots/{profile}/{e}/{name}" for e in evaluated for name in (plots.ROC_CSV, plots.TRAIN_CSV)}
     assert evaluated == {e.id for e in experiments(params) if e.teacher_id is not None}
     assert "reports/index.html" in str(built["stages"]["report"]["outs"])
+
+
+def test_partial_means_are_not_charted_against_the_papers_full_means(captured, tmp_path, monkeypatch):
+    """Only juice_bottle ran: Table 1 (per-category cells printed) charts that cell, not the 1/5 'mean'; Table 3
+    (means only) charts the partial mean, hatched and titled so."""
+    for v in ("a-t2-e1", "a-t3-e11"):
+        m = _metrics(v, "loco", 0, "juice_bottle", 0.85, None)
+        d = tmp_path / "res" / "cpu" / m["experiment"]
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({**m, "profile": "cpu"}), encoding="utf-8")
+    monkeypatch.setattr(results_mod, "RESULTS_DIR", tmp_path / "res")
+    ctx = report.context("A", results_mod.load_all(), pv.load())
+    tables = {t.key: t for t in ctx["tables"]}
+    assert figures.paper_vs_reproduced("A", tables["T1"], tmp_path / "t1.png")
+    ticks = [t.get_text() for t in captured[-1].axes[0].get_xticklabels()]
+    assert ticks and all("juice_bottle" in t for t in ticks)  # the category's own column, never the mean's
+    assert figures.paper_vs_reproduced("A", tables["T3"], tmp_path / "t3.png")
+    ax = captured[-1].axes[0]
+    assert "categories run only" in ax.get_title()
+    assert [p.get_hatch() for p in ax.patches if p.get_hatch()] == ["//"] * 2  # baseline and exp 11, partial

@@ -58,8 +58,8 @@ def expected_charts(all_results: dict[str, dict[str, dict]]) -> int:
     tables = pv.tables(pv.load())
     ran: dict[tuple[str, str], set[str]] = {}  # (profile, protocol) -> variants with a number
     for profile, metrics in all_results.items():
-        for m in metrics.values():
-            key = figures.metric_key(str(m.get("protocol")))
+        for m in metrics.values():  # the profile's runs decide LOCO's key (logical alone without a structural split)
+            key = figures.metric_key(str(m.get("protocol")), metrics.values())
             if m.get("status") == "ok" and report._metric(m, key) is not None:
                 ran.setdefault((profile, m["protocol"]), set()).add(m["variant"])
     n = 0
@@ -74,7 +74,8 @@ def expected_charts(all_results: dict[str, dict[str, dict]]) -> int:
         lat_file = results_mod.RESULTS_DIR / profile / "latency.json"
         timed = json.loads(lat_file.read_text()) if lat_file.is_file() else {}
         n += len({m["paper"] for e, m in all_results[profile].items() if e in timed and m.get("status") == "ok"
-                  and report._metric(m, figures.metric_key(str(m.get("protocol")))) is not None})
+                  and report._metric(m, figures.metric_key(str(m.get("protocol")), all_results[profile].values()))
+                  is not None})
     return n
 
 
