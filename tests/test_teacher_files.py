@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -262,9 +263,12 @@ def test_every_stage_refuses_a_teacher_edited_after_provisioning(params, tmp_pat
     from adrepro.pipelines import common, evaluate, latency, train
     from adrepro.registry import get_experiment
 
+    from adrepro import results as results_mod
+
     params["profile"] = "smoke"
     exp = get_experiment(EXP, params)
     t = provision(exp.teacher_id, params, "smoke", seed=0)
+    monkeypatch.setattr(results_mod, "RESULTS_DIR", tmp_path / "results")  # FAILED records land here, not in the repo
     monkeypatch.setattr(common, "load_params", lambda: params)
     monkeypatch.setattr(latency, "load_params", lambda: params)
     assert common.load_teacher(params, exp).provenance == t.provenance  # intact: accepted
@@ -281,6 +285,7 @@ def test_every_stage_refuses_a_teacher_edited_after_provisioning(params, tmp_pat
             stage()
         assert str(t.path) in str(exc.value) and recorded in str(exc.value) and actual in str(exc.value)
     assert failed == ["evaluate"]  # evaluate records its FAILED run; train/latency fail before starting work
+    assert json.loads((tmp_path / "results" / "smoke" / EXP / "metrics.json").read_text())["status"] == "FAILED"
 
 
 def test_read_teacher_file_rejects_a_non_teacher_file(tmp_path):
