@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -15,6 +16,17 @@ import yaml
 from adrepro import REPO_ROOT
 
 STAGE = "data@synth_loco"
+
+
+@contextlib.contextmanager
+def _rewritten(path: Path, text: str):
+    """``path`` holds ``text`` inside the block and its original content again after it."""
+    original = path.read_text()
+    path.write_text(text)
+    try:
+        yield
+    finally:
+        path.write_text(original)
 
 
 def _run(cmd: list[str], root: Path, check: bool = False) -> subprocess.CompletedProcess:
@@ -63,12 +75,8 @@ def test_missing_outputs_are_not_staleness(proj, tmp_path):
 
 def test_edited_code_dependency_names_stage_and_file(proj):
     f = proj / "datasets" / "synth.py"
-    text = f.read_text()
-    f.write_text(text + "\n# an edit after the lock was written\n")
-    try:
+    with _rewritten(f, f.read_text() + "\n# an edit after the lock was written\n"):
         r = _run(["adrepro", "check-lock"], proj)
-    finally:
-        f.write_text(text)
     assert r.returncode == 1
     assert f"STALE {STAGE}: dependency datasets: modified" in r.stdout, r.stdout
     assert "not produced by this code" in r.stderr
@@ -76,28 +84,20 @@ def test_edited_code_dependency_names_stage_and_file(proj):
 
 def test_stale_lock_entry_names_the_dependency(proj):
     lock_file = proj / "dvc.lock"
-    original = lock_file.read_text()
-    lock = yaml.safe_load(original)
+    lock = yaml.safe_load(lock_file.read_text())
     dep = next(d for d in lock["stages"][STAGE]["deps"] if d["path"] == "pipelines/fetch_data.py")
     dep["md5"] = "0" * 32  # a lock committed from other code
-    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
-    try:
+    with _rewritten(lock_file, yaml.safe_dump(lock, sort_keys=False)):
         r = _run(["adrepro", "check-lock", STAGE], proj)
-    finally:
-        lock_file.write_text(original)
     assert r.returncode == 1 and "dependency pipelines/fetch_data.py: modified" in r.stdout, r.stdout
 
 
 def test_changed_param_and_never_run_stage(proj):
     pfile = proj / "params.yaml"
-    original = pfile.read_text()
-    params = yaml.safe_load(original)
+    params = yaml.safe_load(pfile.read_text())
     params["paths"]["shared_data"] = "../elsewhere"
-    pfile.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
-    try:
+    with _rewritten(pfile, yaml.safe_dump(params, sort_keys=False, allow_unicode=True)):
         r = _run(["adrepro", "check-lock"], proj)
-    finally:
-        pfile.write_text(original)
     assert r.returncode == 1
     assert f"STALE {STAGE}: parameter paths (params.yaml): modified" in r.stdout, r.stdout
     assert "STALE train@a-t2-e1-loco-breakfast_tray-s0: not in dvc.lock (never run with this code)\n" in r.stdout
